@@ -1,0 +1,68 @@
+//! Shared helpers for parity tests against the diffusers reference fixtures.
+#![allow(dead_code)]
+
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The bundled tiny SD-1.5-shaped model the fixtures were computed with.
+pub fn tiny_model_dir() -> PathBuf {
+    repo_path("models/tiny-sd")
+}
+
+/// Every tensor of `tests/fixtures/reference/<name>.safetensors`, on the CPU.
+pub fn fixture(name: &str) -> HashMap<String, Tensor> {
+    let path = repo_path(&format!("tests/fixtures/reference/{name}.safetensors"));
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot load fixture {}: {e}", path.display()))
+}
+
+/// The JSON metadata (`doc`, `prompts`, ...) of a fixture file.
+pub fn fixture_metadata(name: &str) -> HashMap<String, String> {
+    let path = repo_path(&format!("tests/fixtures/reference/{name}.safetensors"));
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    meta.metadata().clone().unwrap_or_default()
+}
+
+pub fn get(f: &HashMap<String, Tensor>, key: &str) -> Tensor {
+    f.get(key)
+        .unwrap_or_else(|| panic!("fixture has no key {key}"))
+        .clone()
+}
+
+pub fn max_abs(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "shape mismatch");
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    max_abs(&(a - b).unwrap())
+}
+
+/// Single-forward parity: max|diff| <= tol * max(1, max|ref|). Returns the measured ratio.
+pub fn assert_close(what: &str, got: &Tensor, reference: &Tensor, tol: f64) -> f64 {
+    let diff = max_abs_diff(got, reference);
+    let scale = max_abs(reference).max(1.0);
+    eprintln!("{what}: max|diff| = {diff:.3e} (scale {scale:.3}, bound {:.3e})", tol * scale);
+    assert!(
+        diff <= tol * scale,
+        "{what}: max|diff| = {diff:e} exceeds {tol:e} * {scale}"
+    );
+    diff / scale
+}
