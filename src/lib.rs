@@ -4,9 +4,16 @@
 //! The pipeline reads top-down in [`pipeline::render`]:
 //! spec → plan → prompts → guide → canvas denoise → tiled decode → output.
 
+pub mod canvas;
+pub mod cli;
 pub mod error;
 pub mod model;
 pub mod noise;
+pub mod output;
+pub mod pipeline;
+pub mod progress;
 pub mod scheduler;
+pub mod spec;
+pub mod synth;
 
 pub use error::{Error, Result};

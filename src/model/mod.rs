@@ -1,5 +1,167 @@
 //! Model components (one file each) and the loader for diffusers model folders.
 
 pub mod clip;
+pub mod info;
 pub mod tokenizer;
+pub mod unet;
 pub mod vae;
+
+use crate::scheduler::SchedulerConfig;
+use crate::{Error, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+
+/// Read and parse a JSON config, naming the file in any error.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::input(
+            path,
+            None,
+            format!("cannot read: {e}"),
+            "point --model at a diffusers model folder (model_index.json, unet/, vae/, \
+             text_encoder/, tokenizer/, scheduler/)",
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::input(
+            path,
+            None,
+            format!("invalid config: {e}"),
+            "restore the file from the original diffusers model folder",
+        )
+    })
+}
+
+/// Parse a dtype name as used by `--dtype` and `[canvas] dtype`.
+pub fn parse_dtype(name: &str) -> Option<DType> {
+    match name {
+        "f32" | "float32" | "fp32" => Some(DType::F32),
+        "f16" | "float16" | "fp16" => Some(DType::F16),
+        "bf16" | "bfloat16" => Some(DType::BF16),
+        _ => None,
+    }
+}
+
+/// A diffusers model folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, ...).
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    pub root: PathBuf,
+}
+
+impl ModelDir {
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        if !root.is_dir() {
+            return Err(Error::input(
+                &root,
+                None,
+                "model folder not found",
+                "give --model (or `model = \"...\"` in the spec) the path of a diffusers model \
+                 folder, e.g. a local clone of stable-diffusion-v1-5",
+            ));
+        }
+        for part in ["unet", "vae", "text_encoder", "tokenizer"] {
+            if !root.join(part).is_dir() {
+                return Err(Error::input(
+                    root.join(part),
+                    None,
+                    format!("the model folder has no {part}/ subfolder"),
+                    "use the diffusers folder layout (as saved by `save_pretrained`)",
+                ));
+            }
+        }
+        Ok(Self { root })
+    }
+
+    /// The bundled tiny model, used when no model is given.
+    pub fn bundled_tiny() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-sd")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// `component/stem.safetensors`, else the `.fp16.safetensors` variant.
+    pub fn weights(&self, component: &str, stem: &str) -> Result<PathBuf> {
+        let dir = self.root.join(component);
+        let candidates = [
+            format!("{stem}.safetensors"),
+            format!("{stem}.fp16.safetensors"),
+        ];
+        candidates
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Error::input(
+                    &dir,
+                    None,
+                    format!("no {stem}.safetensors or {stem}.fp16.safetensors"),
+                    "tessera reads safetensors weights; convert .bin checkpoints with diffusers' \
+                     save_pretrained(safe_serialization=True)",
+                )
+            })
+    }
+
+    /// Memory-mapped weights of one component, converted to `dtype` as tensors are read.
+    pub fn var_builder(
+        &self,
+        component: &str,
+        stem: &str,
+        dtype: DType,
+    ) -> Result<VarBuilder<'static>> {
+        let path = self.weights(component, stem)?;
+        // SAFETY: the file is mapped read-only and not modified while tessera runs.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&path], dtype, &Device::Cpu) }
+            .map_err(|e| {
+                Error::input(&path, None, format!("cannot read weights: {e}"), "re-download it")
+            })?;
+        Ok(vb)
+    }
+
+    pub fn unet_config(&self) -> Result<unet::UNetConfig> {
+        unet::UNetConfig::from_file(&self.path("unet/config.json"))
+    }
+
+    pub fn vae_config(&self) -> Result<vae::VaeConfig> {
+        vae::VaeConfig::from_file(&self.path("vae/config.json"))
+    }
+
+    pub fn text_encoder_config(&self) -> Result<clip::ClipTextConfig> {
+        clip::ClipTextConfig::from_file(&self.path("text_encoder/config.json"))
+    }
+
+    pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        let path = self.path("scheduler/scheduler_config.json");
+        if path.is_file() {
+            SchedulerConfig::from_file(&path)
+        } else {
+            Ok(SchedulerConfig::default())
+        }
+    }
+
+    pub fn tokenizer(&self) -> Result<tokenizer::ClipTokenizer> {
+        tokenizer::ClipTokenizer::from_dir(&self.path("tokenizer"))
+    }
+
+    pub fn load_unet(&self, dtype: DType) -> Result<unet::UNet> {
+        let cfg = self.unet_config()?;
+        let vb = self.var_builder("unet", "diffusion_pytorch_model", dtype)?;
+        Ok(unet::UNet::new(vb, &cfg)?)
+    }
+
+    pub fn load_vae(&self, dtype: DType) -> Result<vae::AutoencoderKl> {
+        let cfg = self.vae_config()?;
+        let vb = self.var_builder("vae", "diffusion_pytorch_model", dtype)?;
+        Ok(vae::AutoencoderKl::new(vb, &cfg)?)
+    }
+
+    pub fn load_text_encoder(&self, dtype: DType) -> Result<clip::ClipTextModel> {
+        let cfg = self.text_encoder_config()?;
+        let vb = self.var_builder("text_encoder", "model", dtype)?;
+        Ok(clip::ClipTextModel::new(vb, &cfg)?)
+    }
+}
