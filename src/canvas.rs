@@ -8,6 +8,7 @@ use crate::model::unet::UNet;
 use crate::noise::NoiseSource;
 use crate::progress::{check_interrupt, Progress};
 use crate::scheduler::Scheduler;
+use crate::tiles::Rect;
 use crate::Result;
 use candle_core::{DType, IndexOp, Tensor};
 
@@ -18,19 +19,11 @@ pub struct Conditioning {
     pub guidance: f64,
 }
 
-/// A rectangle in latent cells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LatentRect {
-    pub y: usize,
-    pub x: usize,
-    pub h: usize,
-    pub w: usize,
-}
-
 /// One UNet evaluation per step: a latent crop, its conditioning and its blend weights.
 #[derive(Debug, Clone)]
 pub struct Window {
-    pub rect: LatentRect,
+    /// Where the window sits, in latent cells.
+    pub rect: Rect,
     pub cond: usize,
     /// (h, w) blend weights in f64, as the reference computes them.
     pub weights: Tensor,
@@ -75,7 +68,7 @@ impl Blend {
         })
     }
 
-    pub fn add(&mut self, rect: LatentRect, eps: &Tensor, weights: &Tensor) -> Result<()> {
+    pub fn add(&mut self, rect: Rect, eps: &Tensor, weights: &Tensor) -> Result<()> {
         let w = weights.unsqueeze(0)?.unsqueeze(0)?;
         let weighted = eps.to_dtype(DType::F64)?.broadcast_mul(&w)?.to_dtype(DType::F32)?;
         let w = w.to_dtype(DType::F32)?.broadcast_as(eps.shape())?;
@@ -106,22 +99,26 @@ pub struct CanvasJob<'a> {
     pub progress: Progress,
 }
 
-/// Denoise `latents` (already scaled by init_noise_sigma) through every timestep of `sched`.
-/// `after_step(i, t, &latents)` may replace the latents (image regions) and observes each step.
+/// Denoise `latents` (already noised for timestep index `start`) through the remaining
+/// timesteps of `sched`. `after_step(i, t, sched, latents)` sees every step and may replace the
+/// latents (image regions).
 pub fn denoise(
     job: &CanvasJob,
     sched: &mut dyn Scheduler,
     mut latents: Tensor,
+    start: usize,
     noise: &mut dyn NoiseSource,
-    mut after_step: impl FnMut(usize, f64, Tensor) -> Result<Tensor>,
+    mut after_step: impl FnMut(usize, f64, &dyn Scheduler, Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let timesteps = sched.timesteps().to_vec();
+    sched.set_begin_index(start);
+    let timesteps = sched.timesteps()[start..].to_vec();
     let (_, _, lh, lw) = latents.dims4()?;
-    let whole = LatentRect { y: 0, x: 0, h: lh, w: lw };
+    let whole = Rect { y: 0, x: 0, h: lh, w: lw };
     let single = job.windows.len() == 1 && job.windows[0].rect == whole;
     let bar = job.progress.bar((timesteps.len() * job.windows.len()) as u64, "denoise");
-    for (i, &t) in timesteps.iter().enumerate() {
-        bar.set_message(format!("step {}/{}", i + 1, timesteps.len()));
+    for (k, &t) in timesteps.iter().enumerate() {
+        let i = start + k;
+        bar.set_message(format!("step {}/{}", k + 1, timesteps.len()));
         let eps = if single {
             // One window covering everything is plain txt2img: skip the blend so it is exact.
             check_interrupt()?;
@@ -141,7 +138,7 @@ pub fn denoise(
             blend.finish()?
         };
         latents = sched.step(&eps, t, &latents, noise)?;
-        latents = after_step(i, t, latents)?;
+        latents = after_step(i, t, &*sched, latents)?;
     }
     bar.finish_and_clear();
     Ok(latents)

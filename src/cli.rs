@@ -1,6 +1,7 @@
 //! Command-line interface (`tessera --help`). `main.rs` only calls [`run`].
 
 use crate::model::{info, ModelDir};
+use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::spec::{self, Overrides, SpecFile};
 use crate::{synth, Result};
@@ -26,6 +27,20 @@ pub struct Cli {
 pub enum Command {
     /// Render a canvas spec (or a one-window canvas from flags alone) to a PNG.
     Render(RenderArgs),
+    /// Show the window grid, UNet evaluations and estimated peak memory of a spec, without
+    /// running a model.
+    Plan {
+        spec: PathBuf,
+        /// Diffusers model folder [default: the spec's `model`, else the bundled tiny model].
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Print JSON (`windows_per_step`, `unet_evaluations`, `estimated_peak_bytes`, ...).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the speed and memory of one component (figures for BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Inspect or synthesise model folders.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -74,6 +89,36 @@ pub struct RenderArgs {
     /// Write the final latents (tensor `latents`, before VAE scaling) to this safetensors file.
     #[arg(long, value_name = "FILE")]
     pub save_latents: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Time UNet forwards on random inputs.
+    Unet {
+        #[arg(long)]
+        model: PathBuf,
+        /// f32 | f16
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Latent side (64 = 512 px).
+        #[arg(long, default_value_t = 64)]
+        latent: usize,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+    /// Time VAE decodes of a random latent.
+    VaeDecode {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long, default_value_t = 64)]
+        latent: usize,
+        #[arg(long, default_value_t = 2)]
+        repeat: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,15 +176,40 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::progress::install_interrupt_handler();
             let progress = Progress { visible: true };
             let report = crate::pipeline::render(&settings, progress)?;
+            if let Some(guide) = &report.guide {
+                eprintln!("guide: {}", guide.display());
+            }
             eprintln!(
-                "wrote {} ({}x{}, {}, {} UNet evaluations)",
+                "wrote {} ({}x{}, {}, {} windows per step, {} UNet evaluations)",
                 report.output.display(),
-                report.width,
-                report.height,
+                report.plan.width,
+                report.plan.height,
                 report.scheduler.name(),
-                report.unet_evaluations
+                report.plan.windows_per_step,
+                report.plan.unet_evaluations
             );
             Ok(())
+        }
+        Command::Plan { spec, model, json } => {
+            let file = SpecFile::load(&spec)?;
+            let overrides = Overrides { model, ..Default::default() };
+            let settings = spec::resolve(Some((&spec, file)), &overrides)?;
+            let dir = ModelDir::open(&settings.model)?;
+            let plan = Plan::new(&settings, &crate::pipeline::model_facts(&dir)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan).expect("serialisable"));
+            } else {
+                print!("{plan}");
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Unet { model, dtype, batch, latent, repeat }) => {
+            let dtype = bench_dtype(&dtype)?;
+            crate::bench::unet(&ModelDir::open(&model)?, dtype, batch, latent, repeat)
+        }
+        Command::Bench(BenchCommand::VaeDecode { model, dtype, latent, repeat }) => {
+            let dtype = bench_dtype(&dtype)?;
+            crate::bench::vae_decode(&ModelDir::open(&model)?, dtype, latent, repeat)
         }
         Command::Model(ModelCommand::Info { dir, json }) => {
             let info = info::inspect(&ModelDir::open(&dir)?)?;
@@ -156,4 +226,9 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn bench_dtype(name: &str) -> Result<candle_core::DType> {
+    crate::model::parse_dtype(name)
+        .ok_or_else(|| crate::Error::input("--dtype", None, format!("{name:?}"), "use f32, f16 or bf16"))
 }

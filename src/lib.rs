@@ -4,16 +4,21 @@
 //! The pipeline reads top-down in [`pipeline::render`]:
 //! spec → plan → prompts → guide → canvas denoise → tiled decode → output.
 
+pub mod bench;
 pub mod canvas;
 pub mod cli;
 pub mod error;
+pub mod imageio;
+pub mod memory;
 pub mod model;
 pub mod noise;
 pub mod output;
 pub mod pipeline;
+pub mod plan;
 pub mod progress;
 pub mod scheduler;
 pub mod spec;
 pub mod synth;
+pub mod tiles;
 
 pub use error::{Error, Result};

@@ -26,19 +26,6 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut std::fs::File) -> Resul
     result
 }
 
-/// An image tensor (1,3,H,W) in [-1,1] as 8-bit RGB, the way diffusers' `numpy_to_pil` does it:
-/// `round(clamp(x/2+0.5, 0, 1) * 255)`.
-pub fn tensor_to_rgb(image: &Tensor) -> Result<image::RgbImage> {
-    let (_, c, h, w) = image.dims4()?;
-    if c != 3 {
-        return Err(Error::Other(format!("expected 3 image channels, got {c}")));
-    }
-    let x = ((image.to_dtype(DType::F32)?.squeeze(0)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-    let hwc: Vec<f32> = x.permute((1, 2, 0))?.flatten_all()?.to_vec1()?;
-    let bytes = hwc.iter().map(|v| (v * 255.0).round() as u8).collect();
-    Ok(image::RgbImage::from_raw(w as u32, h as u32, bytes).expect("size matches"))
-}
-
 /// Save an RGB image as PNG with `tEXt` chunks (e.g. the resolved spec and A1111 `parameters`).
 pub fn save_png(path: &Path, img: &image::RgbImage, text: &[(&str, String)]) -> Result<()> {
     write_atomic(path, |file| {

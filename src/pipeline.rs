@@ -1,53 +1,166 @@
 //! The render pipeline, top-down: spec → plan → prompts → guide → canvas denoise → decode →
 //! output. Each model lives only inside the phase that needs it.
 
-use crate::canvas::{self, CanvasJob, Conditioning, LatentRect, Window};
-use crate::model::ModelDir;
+use crate::canvas::{self, CanvasJob, Conditioning, Window};
+use crate::model::{unet::UNet, ModelDir};
 use crate::noise::{NoiseSource, SeededNoise};
+use crate::plan::{GuidePlan, ModelFacts, Plan, PlannedWindow};
 use crate::progress::Progress;
-use crate::scheduler::{self, Scheduler, SchedulerKind};
-use crate::spec::Settings;
-use crate::{output, Error, Result};
-use candle_core::{DType, Device, Tensor};
+use crate::scheduler::{self, Scheduler, SchedulerConfig, SchedulerKind};
+use crate::spec::{Settings, TextPrompt};
+use crate::{imageio, output, tiles, Error, Result};
+use candle_core::{DType, IndexOp, Tensor};
 use std::path::PathBuf;
 
 /// What a finished render produced.
 #[derive(Debug, Clone)]
 pub struct RenderReport {
     pub output: PathBuf,
-    pub width: usize,
-    pub height: usize,
+    pub guide: Option<PathBuf>,
+    pub plan: Plan,
     pub scheduler: SchedulerKind,
-    pub unet_evaluations: usize,
+}
+
+/// Shared state of one render: model folder, settings, scheduler choice, progress.
+pub struct Render<'a> {
+    pub dir: ModelDir,
+    pub settings: &'a Settings,
+    pub kind: SchedulerKind,
+    pub sched_config: SchedulerConfig,
+    pub progress: Progress,
 }
 
 pub fn render(s: &Settings, progress: Progress) -> Result<RenderReport> {
     let dir = ModelDir::open(&s.model)?;
-    let (width, height) = canvas_size(&dir, s)?;
-    let conds = vec![encode_prompts(&dir, s.dtype, &[(&s.negative, &s.prompt)], s.guidance)?.remove(0)];
-    let kind = scheduler_kind(&dir, s)?;
-    let mut sched = scheduler::build(kind, &dir.scheduler_config()?, s.steps)?;
-    let latents = initial_latents(s, width, height, sched.as_ref())?;
-    let whole = LatentRect { y: 0, x: 0, h: height / 8, w: width / 8 };
-    let windows = [Window { rect: whole, cond: 0, weights: Tensor::ones((whole.h, whole.w), DType::F64, &Device::Cpu)? }];
-    let latents = {
-        let unet = dir.load_unet(conv_dtype(s.dtype, &progress))?;
-        let job = CanvasJob { unet: &unet, dtype: conv_dtype(s.dtype, &progress), conds: &conds, windows: &windows, progress };
-        let mut noise = SeededNoise::new(s.seed.wrapping_add(1));
-        canvas::denoise(&job, sched.as_mut(), latents, &mut noise, |_, _, x| Ok(x))?
-    };
+    let plan = Plan::new(s, &model_facts(&dir)?)?;
+    let conds = encode_prompts(&dir, s.dtype, &plan.prompts)?;
+    let r = Render { kind: scheduler_kind(&dir, s)?, sched_config: dir.scheduler_config()?, dir, settings: s, progress };
+    let unet = r.dir.load_unet(conv_dtype(s.dtype, &progress))?;
+    let guide = plan.guide.as_ref().map(|g| r.guide_pass(&unet, &plan, g, &conds)).transpose()?;
+    let latents = r.canvas_pass(&unet, &plan, &conds, guide.as_ref().map(|g| &g.0))?;
+    drop(unet);
     if let Some(path) = &s.save_latents {
         output::save_tensors(path, &[("latents", &latents)])?;
     }
-    let image = decode(&dir, &latents, s.dtype)?;
-    output::save_png(&s.output, &output::tensor_to_rgb(&image)?, &png_text(s, kind, width, height))?;
-    Ok(RenderReport { output: s.output.clone(), width, height, scheduler: kind, unet_evaluations: s.steps * windows.len() })
+    let image = decode(&r.dir, &latents, s.dtype)?;
+    output::save_png(&s.output, &imageio::tensor_to_rgb(&image)?, &png_text(s, &plan, r.kind))?;
+    Ok(RenderReport { output: s.output.clone(), guide: guide.and_then(|g| g.1), plan, scheduler: r.kind })
 }
 
-/// Canvas size: the settings', else the model's native size.
-pub fn canvas_size(dir: &ModelDir, s: &Settings) -> Result<(usize, usize)> {
-    let native = crate::model::info::native_size(dir)?;
-    Ok((s.width.unwrap_or(native), s.height.unwrap_or(native)))
+impl Render<'_> {
+    /// The low-res pass: render (or take) the guide, upscale it to the canvas, encode it.
+    /// Returns the canvas-size guide latents and the saved guide picture, if one was rendered.
+    fn guide_pass(&self, unet: &UNet, plan: &Plan, g: &GuidePlan, conds: &[Conditioning]) -> Result<(Tensor, Option<PathBuf>)> {
+        let s = self.settings;
+        let (image, saved) = match &g.image {
+            Some(path) => (imageio::load_image(path, (plan.width, plan.height))?, None),
+            None => {
+                let conds: Vec<Conditioning> = conds
+                    .iter()
+                    .map(|c| Conditioning { guidance: g.guidance.unwrap_or(c.guidance), ..c.clone() })
+                    .collect();
+                let mut sched = scheduler::build(self.kind, &self.sched_config, g.steps)?;
+                let shape = (1, 4, g.height / 8, g.width / 8);
+                let noise = SeededNoise::new(s.seed).noise(&shape.into())?;
+                let x = (noise * sched.init_noise_sigma())?;
+                let windows = realize_windows(&g.windows)?;
+                let job = self.job(unet, &conds, &windows);
+                let latents = canvas::denoise(&job, sched.as_mut(), x, 0, &mut SeededNoise::new(s.seed + 1), |_, _, _, x| Ok(x))?;
+                let guide = decode(&self.dir, &latents, s.dtype)?;
+                let path = s.output.with_extension("guide.png");
+                output::save_png(&path, &imageio::tensor_to_rgb(&guide)?, &[])?;
+                self.progress.note(format!("guide: {}x{} -> {}", g.width, g.height, path.display()));
+                (imageio::resize_tensor(&guide, (plan.width, plan.height))?, Some(path))
+            }
+        };
+        Ok((encode_mean(&self.dir, &image)?, saved))
+    }
+
+    /// The canvas pass: every window, every remaining step, one scheduler step per timestep.
+    fn canvas_pass(&self, unet: &UNet, plan: &Plan, conds: &[Conditioning], guide: Option<&Tensor>) -> Result<Tensor> {
+        let s = self.settings;
+        let mut sched = scheduler::build(self.kind, &self.sched_config, s.steps)?;
+        let noise = initial_noise(s, plan)?;
+        let (x, start) = match (guide, &plan.guide) {
+            (Some(latents), Some(g)) => {
+                let start = s.steps - ((s.steps as f64 * g.strength) as usize).min(s.steps);
+                if start == s.steps {
+                    return Ok(latents.clone());
+                }
+                (sched.add_noise(latents, &noise, sched.timesteps()[start])?, start)
+            }
+            _ => ((&noise * sched.init_noise_sigma())?, 0),
+        };
+        let regions = plan
+            .image_regions
+            .iter()
+            .map(|r| {
+                let image = imageio::load_image(&r.image, (r.rect.w * 8, r.rect.h * 8))?;
+                let latest = latest_timestep(sched.as_ref(), &self.sched_config, s.steps, r.strength);
+                Ok((r.rect, encode_mean(&self.dir, &image)?, latest))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let windows = realize_windows(&plan.windows)?;
+        let job = self.job(unet, conds, &windows);
+        let mut ancestral = SeededNoise::new(s.seed + 1);
+        canvas::denoise(&job, sched.as_mut(), x, start, &mut ancestral, |_, t, sched, x| {
+            apply_image_regions(sched, &regions, &noise, t, x)
+        })
+    }
+
+    fn job<'a>(&self, unet: &'a UNet, conds: &'a [Conditioning], windows: &'a [Window]) -> CanvasJob<'a> {
+        CanvasJob { unet, dtype: conv_dtype(self.settings.dtype, &Progress::default()), conds, windows, progress: self.progress }
+    }
+}
+
+/// Image regions follow the reference `mixture_canvas.py`: while `t > latest`, the region's
+/// latents are replaced by its reference latents noised to `t` with the initial noise.
+pub fn apply_image_regions(
+    sched: &dyn Scheduler,
+    regions: &[(tiles::Rect, Tensor, f64)],
+    init_noise: &Tensor,
+    t: f64,
+    mut x: Tensor,
+) -> Result<Tensor> {
+    for (r, reference, latest) in regions {
+        if t > *latest {
+            let ranges = (.., .., r.y..r.y + r.h, r.x..r.x + r.w);
+            let noised = sched.add_noise(reference, &init_noise.i(ranges)?.contiguous()?, t)?;
+            x = x.slice_assign(&[0..1, 0..4, r.y..r.y + r.h, r.x..r.x + r.w], &noised)?;
+        }
+    }
+    Ok(x)
+}
+
+/// The last timestep at which an image region of `strength` is still overridden (reference
+/// formula, including its use of `steps_offset`).
+pub fn latest_timestep(sched: &dyn Scheduler, cfg: &SchedulerConfig, steps: usize, strength: f64) -> f64 {
+    let offset = cfg.steps_offset;
+    let init_ts = ((steps as f64 * (1.0 - strength)) as usize + offset).min(steps);
+    let t_start = (steps + offset).saturating_sub(init_ts).min(steps - 1);
+    sched.timesteps()[t_start]
+}
+
+/// Planned windows with their blend weights.
+pub fn realize_windows(planned: &[PlannedWindow]) -> Result<Vec<Window>> {
+    planned
+        .iter()
+        .map(|w| {
+            Ok(Window { rect: w.rect, cond: w.cond, weights: tiles::weights(w.rect.h, w.rect.w, w.mask, w.weight)? })
+        })
+        .collect()
+}
+
+/// Model facts for planning, from configs and weight headers only.
+pub fn model_facts(dir: &ModelDir) -> Result<ModelFacts> {
+    let unet = dir.unet_config()?;
+    let info = crate::model::info::inspect(dir)?;
+    Ok(ModelFacts {
+        native_size: info.native_size,
+        unet_parameters: info.unet.parameters,
+        unet_channels: unet.block_out_channels[0],
+        unet_heads: unet.heads(0),
+    })
 }
 
 /// The scheduler the settings name, else the one the model folder's config names.
@@ -76,32 +189,33 @@ pub fn conv_dtype(requested: DType, progress: &Progress) -> DType {
     }
 }
 
-/// Encode `(negative, prompt)` pairs into `[uncond, cond]` conditionings, then drop the encoder.
-pub fn encode_prompts(dir: &ModelDir, dtype: DType, pairs: &[(&str, &str)], guidance: f64) -> Result<Vec<Conditioning>> {
+/// Encode each prompt as `[uncond(negative), cond(text)]`, then drop the text encoder.
+pub fn encode_prompts(dir: &ModelDir, dtype: DType, prompts: &[TextPrompt]) -> Result<Vec<Conditioning>> {
     let tokenizer = dir.tokenizer()?;
     let encoder = dir.load_text_encoder(dtype)?;
-    pairs
+    prompts
         .iter()
-        .map(|(negative, prompt)| {
-            let ids: Vec<Vec<u32>> = vec![tokenizer.encode(negative)?, tokenizer.encode(prompt)?];
-            let ids = Tensor::new(ids, &Device::Cpu)?;
+        .map(|p| {
+            let ids: Vec<Vec<u32>> = vec![tokenizer.encode(&p.negative)?, tokenizer.encode(&p.text)?];
+            let ids = Tensor::new(ids, &candle_core::Device::Cpu)?;
             let embeddings = encoder.forward(&ids)?.to_dtype(DType::F32)?;
-            Ok(Conditioning { embeddings, guidance })
+            Ok(Conditioning { embeddings, guidance: p.guidance })
         })
         .collect()
 }
 
-/// Gaussian latents (from `--init-noise` or the seed) times the scheduler's init_noise_sigma.
-pub fn initial_latents(s: &Settings, width: usize, height: usize, sched: &dyn Scheduler) -> Result<Tensor> {
-    let shape = (1, 4, height / 8, width / 8);
-    let noise = match &s.init_noise {
+/// The canvas's initial Gaussian noise: `--init-noise`, else the seed; regions with their own
+/// seed get their own noise.
+pub fn initial_noise(s: &Settings, plan: &Plan) -> Result<Tensor> {
+    let shape = (1, 4, plan.height / 8, plan.width / 8);
+    let mut noise = match &s.init_noise {
         Some(path) => {
             let t = output::load_tensor(path, "noise")?.to_dtype(DType::F32)?;
             if t.dims() != [shape.0, shape.1, shape.2, shape.3] {
                 return Err(Error::input(
                     path,
                     Some("noise"),
-                    format!("shape {:?} does not fit a {width}x{height} canvas", t.dims()),
+                    format!("shape {:?} does not fit a {}x{} canvas", t.dims(), plan.width, plan.height),
                     format!("store noise of shape [1, 4, {}, {}] or change the canvas size", shape.2, shape.3),
                 ));
             }
@@ -109,7 +223,18 @@ pub fn initial_latents(s: &Settings, width: usize, height: usize, sched: &dyn Sc
         }
         None => SeededNoise::new(s.seed).noise(&shape.into())?,
     };
-    Ok((noise * sched.init_noise_sigma())?)
+    for (r, seed) in &plan.seeded {
+        let own = SeededNoise::new(*seed).noise(&(1, 4, r.h, r.w).into())?;
+        noise = noise.slice_assign(&[0..1, 0..4, r.y..r.y + r.h, r.x..r.x + r.w], &own)?;
+    }
+    Ok(noise)
+}
+
+/// VAE-encode an image (1,3,H,W) in [-1,1] to the scaled latent mean (deterministic).
+pub fn encode_mean(dir: &ModelDir, image: &Tensor) -> Result<Tensor> {
+    let cfg = dir.vae_config()?;
+    let vae = dir.load_vae(DType::F32)?;
+    Ok((vae.encode(image)?.mean * cfg.scaling_factor)?)
 }
 
 /// Decode final latents to an image tensor in [-1, 1]; the VAE is dropped afterwards.
@@ -122,16 +247,18 @@ pub fn decode(dir: &ModelDir, latents: &Tensor, dtype: DType) -> Result<Tensor> 
     Ok(vae.decode(&scaled)?.to_dtype(DType::F32)?)
 }
 
-/// PNG text chunks: the resolved settings, and A1111's `parameters` so PNG-info readers show them.
-fn png_text(s: &Settings, kind: SchedulerKind, width: usize, height: usize) -> Vec<(&'static str, String)> {
+/// PNG text chunks: the resolved spec (`tessera`), and A1111's `parameters` for PNG-info readers.
+fn png_text(s: &Settings, plan: &Plan, kind: SchedulerKind) -> Vec<(&'static str, String)> {
     let model = s.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (prompt, negative, guidance) = match &s.background {
+        Some(p) => (p.text.as_str(), p.negative.as_str(), p.guidance),
+        None => ("", "", crate::spec::DEFAULT_GUIDANCE),
+    };
     let parameters = format!(
-        "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
-        s.prompt, s.negative, s.steps, kind.name(), s.guidance, s.seed, width, height, model
+        "{prompt}\nNegative prompt: {negative}\nSteps: {}, Sampler: {}, CFG scale: {guidance}, Seed: {}, Size: {}x{}, Model: {model}",
+        s.steps, kind.name(), s.seed, plan.width, plan.height
     );
-    let settings = format!(
-        "model = {:?}\n[canvas]\nwidth = {width}\nheight = {height}\nseed = {}\nsteps = {}\nscheduler = {:?}\ndtype = {:?}\n[prompt]\ntext = {:?}\nnegative = {:?}\nguidance = {}\n",
-        s.model.display().to_string(), s.seed, s.steps, kind.name(), format!("{:?}", s.dtype).to_lowercase(), s.prompt, s.negative, s.guidance
-    );
-    vec![("parameters", parameters), ("tessera", settings), ("Software", format!("tessera {}", env!("CARGO_PKG_VERSION")))]
+    let spec = s.to_spec_file(plan.width, plan.height, kind);
+    let spec = toml::to_string(&spec).unwrap_or_default();
+    vec![("parameters", parameters), ("tessera", spec), ("Software", format!("tessera {}", env!("CARGO_PKG_VERSION")))]
 }

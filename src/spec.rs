@@ -4,6 +4,7 @@
 
 use crate::model::parse_dtype;
 use crate::scheduler::SchedulerKind;
+use crate::tiles::{Mask, Rect};
 use crate::{Error, Result};
 use candle_core::DType;
 use serde::Deserialize;
@@ -18,6 +19,11 @@ pub struct SpecFile {
     #[serde(default)]
     pub canvas: CanvasTable,
     pub prompt: Option<PromptTable>,
+    pub tiles: Option<TilesTable>,
+    #[serde(default, rename = "region")]
+    pub regions: Vec<RegionTable>,
+    pub guide: Option<GuideTable>,
+    pub output: Option<OutputTable>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
@@ -39,6 +45,64 @@ pub struct PromptTable {
     pub guidance: Option<f64>,
 }
 
+/// A side given once (square) or as `[w, h]`.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum Size {
+    Square(usize),
+    WidthHeight([usize; 2]),
+}
+
+impl Size {
+    pub fn wh(self) -> (usize, usize) {
+        match self {
+            Size::Square(s) => (s, s),
+            Size::WidthHeight([w, h]) => (w, h),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TilesTable {
+    pub size: Option<Size>,
+    pub overlap: Option<usize>,
+    pub mask: Option<Mask>,
+}
+
+/// A `[[region]]`: a text region (`prompt`) or an image region (`image`).
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionTable {
+    /// `[x, y, w, h]` in pixels.
+    pub rect: Option<[usize; 4]>,
+    pub prompt: Option<String>,
+    pub negative: Option<String>,
+    pub guidance: Option<f64>,
+    pub mask: Option<Mask>,
+    pub weight: Option<f64>,
+    pub seed: Option<u64>,
+    pub image: Option<String>,
+    pub strength: Option<f64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuideTable {
+    pub enabled: Option<bool>,
+    pub size: Option<Size>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+    pub image: Option<String>,
+    pub strength: Option<f64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputTable {
+    pub path: Option<String>,
+}
+
 /// Command-line values that override the spec (all optional).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -57,9 +121,54 @@ pub struct Overrides {
     pub save_latents: Option<PathBuf>,
 }
 
+/// A prompt with its negative and guidance scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextPrompt {
+    pub text: String,
+    pub negative: String,
+    pub guidance: f64,
+}
+
+#[derive(Debug, Clone)]
+pub enum RegionKind {
+    Text { prompt: TextPrompt, mask: Mask, weight: f64, seed: Option<u64> },
+    Image { image: PathBuf, strength: f64 },
+}
+
+/// A region with its rectangle in pixels; `index` is its position among the spec's regions.
+#[derive(Debug, Clone)]
+pub struct Region {
+    pub index: usize,
+    pub rect: Rect,
+    pub kind: RegionKind,
+}
+
+#[derive(Debug, Clone)]
+pub struct TileSettings {
+    /// Window size in pixels `(w, h)`; `None`: the model's native size.
+    pub size: Option<(usize, usize)>,
+    /// Overlap in pixels; `None`: a quarter of the window.
+    pub overlap: Option<usize>,
+    pub mask: Mask,
+}
+
+#[derive(Debug, Clone)]
+pub struct GuideSettings {
+    /// Guide size in pixels `(w, h)`; `None`: the model's native size at the canvas aspect ratio.
+    pub size: Option<(usize, usize)>,
+    pub steps: usize,
+    pub guidance: f64,
+    /// A picture to use as the guide instead of rendering one.
+    pub image: Option<PathBuf>,
+    /// Fraction of the schedule re-run on the upscaled guide.
+    pub strength: f64,
+}
+
 /// Everything a render needs, resolved and validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The spec file (or `<command line>`), named in errors found later.
+    pub origin: PathBuf,
     pub model: PathBuf,
     /// `None`: the model's native size.
     pub width: Option<usize>,
@@ -69,9 +178,11 @@ pub struct Settings {
     /// `None`: the scheduler named by the model folder's `scheduler_config.json`.
     pub scheduler: Option<SchedulerKind>,
     pub dtype: DType,
-    pub prompt: String,
-    pub negative: String,
-    pub guidance: f64,
+    /// The global prompt; `None` when a spec has regions and no `[prompt]`.
+    pub background: Option<TextPrompt>,
+    pub regions: Vec<Region>,
+    pub tiles: TileSettings,
+    pub guide: Option<GuideSettings>,
     pub output: PathBuf,
     pub init_noise: Option<PathBuf>,
     pub save_latents: Option<PathBuf>,
@@ -133,11 +244,8 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
     let width = o.width.or(c.width);
     let height = o.height.or(c.height);
     for (field, v) in [("canvas.width", width), ("canvas.height", height)] {
-        let Some(v) = v else { continue };
-        if v == 0 || v % 8 != 0 {
-            let below = (v / 8 * 8).max(8);
-            let fix = format!("use a multiple of 8, e.g. {below} or {}", below + 8);
-            return Err(bad(field, format!("{v} is not a positive multiple of 8"), &fix));
+        if let Some(v) = v {
+            check_multiple_of_8(&bad, field, v, false)?;
         }
     }
     let steps = o.steps.or(c.steps).unwrap_or(DEFAULT_STEPS);
@@ -158,17 +266,37 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
     let dtype = parse_dtype(dtype_name).ok_or_else(|| {
         bad("canvas.dtype", format!("unknown dtype {dtype_name:?}"), "use f32, f16 or bf16")
     })?;
-    let p = spec.prompt.clone().unwrap_or_default();
-    let guidance = o.guidance.or(p.guidance).unwrap_or(DEFAULT_GUIDANCE);
-    if !guidance.is_finite() || guidance < 0.0 {
-        return Err(bad("prompt.guidance", format!("{guidance}"), "use a number >= 0 (7.5 is usual)"));
-    }
-    let output = match (&o.out, &spec_path) {
-        (Some(out), _) => out.clone(),
-        (None, Some(sp)) => sp.with_extension("png"),
-        (None, None) => PathBuf::from("tessera.png"),
+    let background = match (&spec.prompt, &o.prompt) {
+        // A spec with regions and no [prompt] denoises only its regions (reference semantics).
+        (None, None) if !spec.regions.is_empty() => None,
+        (p, text) => {
+            let p = p.clone().unwrap_or_default();
+            Some(TextPrompt {
+                text: text.clone().unwrap_or(p.text),
+                negative: o.negative.clone().or(p.negative).unwrap_or_default(),
+                guidance: check_guidance(&bad, "prompt.guidance", o.guidance.or(p.guidance))?,
+            })
+        }
+    };
+    let regions = spec
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| resolve_region(i, r, &base, &bad))
+        .collect::<Result<Vec<_>>>()?;
+    let tiles = resolve_tiles(spec.tiles.as_ref(), &bad)?;
+    let guide = match &spec.guide {
+        Some(g) if g.enabled.unwrap_or(true) => Some(resolve_guide(g, steps, &base, &bad)?),
+        _ => None,
+    };
+    let output = match (&o.out, &spec.output.as_ref().and_then(|t| t.path.as_ref()), &spec_path) {
+        (Some(out), _, _) => out.clone(),
+        (None, Some(path), _) => base.join(path),
+        (None, None, Some(sp)) => sp.with_extension("png"),
+        (None, None, None) => PathBuf::from("tessera.png"),
     };
     Ok(Settings {
+        origin: origin.clone(),
         model,
         width,
         height,
@@ -176,12 +304,207 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         steps,
         scheduler,
         dtype,
-        prompt: o.prompt.clone().unwrap_or(p.text),
-        negative: o.negative.clone().or(p.negative).unwrap_or_default(),
-        guidance,
+        background,
+        regions,
+        tiles,
+        guide,
         output,
         init_noise: o.init_noise.clone(),
         save_latents: o.save_latents.clone(),
+    })
+}
+
+impl Settings {
+    /// The resolved settings written back as a spec (stored in output PNGs, so a render can be
+    /// reproduced and checked from its own metadata).
+    pub fn to_spec_file(&self, width: usize, height: usize, scheduler: SchedulerKind) -> SpecFile {
+        let path = |p: &Path| p.display().to_string();
+        SpecFile {
+            model: Some(path(&self.model)),
+            canvas: CanvasTable {
+                width: Some(width),
+                height: Some(height),
+                seed: Some(self.seed),
+                steps: Some(self.steps),
+                scheduler: Some(scheduler.name().to_string()),
+                dtype: Some(format!("{:?}", self.dtype).to_lowercase()),
+            },
+            prompt: self.background.as_ref().map(|p| PromptTable {
+                text: p.text.clone(),
+                negative: Some(p.negative.clone()),
+                guidance: Some(p.guidance),
+            }),
+            tiles: Some(TilesTable {
+                size: self.tiles.size.map(|(w, h)| Size::WidthHeight([w, h])),
+                overlap: self.tiles.overlap,
+                mask: Some(self.tiles.mask),
+            }),
+            regions: self
+                .regions
+                .iter()
+                .map(|r| {
+                    let rect = Some([r.rect.x, r.rect.y, r.rect.w, r.rect.h]);
+                    match &r.kind {
+                        RegionKind::Text { prompt, mask, weight, seed } => RegionTable {
+                            rect,
+                            prompt: Some(prompt.text.clone()),
+                            negative: Some(prompt.negative.clone()),
+                            guidance: Some(prompt.guidance),
+                            mask: Some(*mask),
+                            weight: Some(*weight),
+                            seed: *seed,
+                            ..Default::default()
+                        },
+                        RegionKind::Image { image, strength } => RegionTable {
+                            rect,
+                            image: Some(path(image)),
+                            strength: Some(*strength),
+                            ..Default::default()
+                        },
+                    }
+                })
+                .collect(),
+            guide: self.guide.as_ref().map(|g| GuideTable {
+                enabled: Some(true),
+                size: g.size.map(|(w, h)| Size::WidthHeight([w, h])),
+                steps: Some(g.steps),
+                guidance: Some(g.guidance),
+                image: g.image.as_deref().map(path),
+                strength: Some(g.strength),
+            }),
+            output: Some(OutputTable { path: Some(path(&self.output)) }),
+        }
+    }
+}
+
+type Bad<'a> = dyn Fn(&str, String, &str) -> Error + 'a;
+
+fn check_guidance(bad: &Bad, field: &str, g: Option<f64>) -> Result<f64> {
+    let g = g.unwrap_or(DEFAULT_GUIDANCE);
+    if !g.is_finite() || g < 0.0 {
+        return Err(bad(field, format!("{g}"), "use a number >= 0 (7.5 is usual)"));
+    }
+    Ok(g)
+}
+
+fn check_multiple_of_8(bad: &Bad, field: &str, v: usize, allow_zero: bool) -> Result<()> {
+    if v % 8 != 0 || (v == 0 && !allow_zero) {
+        let below = (v / 8 * 8).max(8);
+        let fix = format!("use a multiple of 8, e.g. {below} or {}", below + 8);
+        return Err(bad(field, format!("{v} is not a positive multiple of 8"), &fix));
+    }
+    Ok(())
+}
+
+fn check_strength(bad: &Bad, field: &str, s: f64) -> Result<f64> {
+    if !(0.0..=1.0).contains(&s) {
+        return Err(bad(field, format!("{s}"), "use a strength between 0 and 1"));
+    }
+    Ok(s)
+}
+
+fn resolve_region(i: usize, r: &RegionTable, base: &Path, bad: &Bad) -> Result<Region> {
+    let f = |name: &str| format!("region[{i}].{name}");
+    let [x, y, w, h] = r.rect.ok_or_else(|| {
+        bad(&f("rect"), "missing".into(), "give rect = [x, y, width, height] in pixels")
+    })?;
+    for (name, v) in [("rect x", x), ("rect y", y)] {
+        check_multiple_of_8(bad, &f(name), v, true)?;
+    }
+    for (name, v) in [("rect width", w), ("rect height", h)] {
+        check_multiple_of_8(bad, &f(name), v, false)?;
+    }
+    let rect = Rect { y, x, h, w };
+    let kind = match (&r.image, &r.prompt) {
+        (Some(_), Some(_)) => {
+            return Err(bad(&f("image"), "a region has both `image` and `prompt`".into(),
+                "split it into a text region and an image region"))
+        }
+        (None, None) => {
+            return Err(bad(&f("prompt"), "a region needs `prompt` or `image`".into(),
+                "add prompt = \"...\" (text region) or image = \"file.png\" (image region)"))
+        }
+        (Some(image), None) => {
+            for (name, set) in [("guidance", r.guidance.is_some()), ("negative", r.negative.is_some()),
+                ("mask", r.mask.is_some()), ("weight", r.weight.is_some()), ("seed", r.seed.is_some())] {
+                if set {
+                    return Err(bad(&f(name), format!("`{name}` does not apply to an image region"),
+                        "remove it, or make this a text region with `prompt`"));
+                }
+            }
+            let image = base.join(image);
+            if !image.is_file() {
+                return Err(bad(&f("image"), format!("{} not found", image.display()),
+                    "give the path of a PNG or JPEG, relative to the spec"));
+            }
+            RegionKind::Image { image, strength: check_strength(bad, &f("strength"), r.strength.unwrap_or(0.5))? }
+        }
+        (None, Some(text)) => {
+            if r.strength.is_some() {
+                return Err(bad(&f("strength"), "`strength` applies to image regions only".into(),
+                    "remove it, or give `image` instead of `prompt`"));
+            }
+            let weight = r.weight.unwrap_or(1.0);
+            if !(weight.is_finite() && weight > 0.0) {
+                return Err(bad(&f("weight"), format!("{weight}"), "use a weight > 0 (1.0 is usual)"));
+            }
+            RegionKind::Text {
+                prompt: TextPrompt {
+                    text: text.clone(),
+                    negative: r.negative.clone().unwrap_or_default(),
+                    guidance: check_guidance(bad, &f("guidance"), r.guidance)?,
+                },
+                mask: r.mask.unwrap_or_default(),
+                weight,
+                seed: r.seed,
+            }
+        }
+    };
+    Ok(Region { index: i, rect, kind })
+}
+
+fn resolve_tiles(t: Option<&TilesTable>, bad: &Bad) -> Result<TileSettings> {
+    let t = t.cloned().unwrap_or_default();
+    let size = t.size.map(Size::wh);
+    if let Some((w, h)) = size {
+        check_multiple_of_8(bad, "tiles.size", w, false)?;
+        check_multiple_of_8(bad, "tiles.size", h, false)?;
+    }
+    if let Some(o) = t.overlap {
+        check_multiple_of_8(bad, "tiles.overlap", o, true)?;
+        if let Some((w, h)) = size {
+            if o >= w.min(h) {
+                return Err(bad("tiles.overlap", format!("{o} px is not smaller than the window"),
+                    "use an overlap of about a quarter of the window size"));
+            }
+        }
+    }
+    Ok(TileSettings { size, overlap: t.overlap, mask: t.mask.unwrap_or_default() })
+}
+
+fn resolve_guide(g: &GuideTable, steps: usize, base: &Path, bad: &Bad) -> Result<GuideSettings> {
+    let size = g.size.map(Size::wh);
+    if let Some((w, h)) = size {
+        check_multiple_of_8(bad, "guide.size", w, false)?;
+        check_multiple_of_8(bad, "guide.size", h, false)?;
+    }
+    let image = g.image.as_ref().map(|p| base.join(p));
+    if let Some(p) = &image {
+        if !p.is_file() {
+            return Err(bad("guide.image", format!("{} not found", p.display()),
+                "give the path of a PNG or JPEG, relative to the spec"));
+        }
+    }
+    let guide_steps = g.steps.unwrap_or(steps);
+    if guide_steps == 0 || guide_steps > 1000 {
+        return Err(bad("guide.steps", format!("{guide_steps} steps"), "use 1 to 1000 steps"));
+    }
+    Ok(GuideSettings {
+        size,
+        steps: guide_steps,
+        guidance: check_guidance(bad, "guide.guidance", g.guidance)?,
+        image,
+        strength: check_strength(bad, "guide.strength", g.strength.unwrap_or(0.6))?,
     })
 }
 
@@ -230,7 +553,7 @@ mod tests {
             ..Default::default()
         };
         let r = resolve(Some((p, s)), &o).unwrap();
-        assert_eq!((r.width, r.seed, r.prompt.as_str()), (Some(128), 3, "b"));
+        assert_eq!((r.width, r.seed, r.background.unwrap().text.as_str()), (Some(128), 3, "b"));
         assert_eq!(r.model, Path::new("dir/m"));
         assert_eq!(r.output, Path::new("dir/poster.png"));
     }

@@ -1,0 +1,107 @@
+//! The `tessera` binary as scripts call it: parity through flags, and clear errors on bad input.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .output()
+        .expect("run tessera")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn render_with_init_noise_reproduces_diffusers_ddim() {
+    let f = fixture("e_txt2img_ddim");
+    let tmp = tempfile::tempdir().unwrap();
+    let noise = tmp.path().join("noise.safetensors");
+    candle_core::safetensors::save(
+        &[("noise".to_string(), get(&f, "init_latents"))].into_iter().collect(),
+        &noise,
+    )
+    .unwrap();
+    let latents = tmp.path().join("latents.safetensors");
+    let png = tmp.path().join("cat.png");
+    let model = tiny_model_dir();
+    let o = tessera(&[
+        "render", "--model", model.to_str().unwrap(), "--prompt", "a photo of a cat", "--negative", "",
+        "--width", "128", "--height", "128", "--steps", "10", "--guidance", "7.5", "--scheduler", "ddim",
+        "--init-noise", noise.to_str().unwrap(), "--save-latents", latents.to_str().unwrap(),
+        "--out", png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "render failed: {}", stderr(&o));
+    let got = candle_core::safetensors::load(&latents, &candle_core::Device::Cpu).unwrap()["latents"].clone();
+    let reference = get(&f, "final_latents");
+    let rel = max_abs_diff(&got, &reference) / max_abs(&reference);
+    eprintln!("CLI ddim final latents rel diff {rel:.2e}");
+    assert!(rel <= 1e-3, "rel diff {rel:e}");
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (128, 128));
+    let bytes = std::fs::read(&png).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("parameters") && text.contains("Seed: 0"), "PNG lacks the parameters chunk");
+}
+
+fn expect_input_error(args: &[&str], must_name: &[&str]) {
+    let o = tessera(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "args {args:?}: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for word in must_name {
+        assert!(err.contains(word), "error for {args:?} should name {word:?}: {err}");
+    }
+    assert!(err.contains("fix:"), "error should say the fix: {err}");
+}
+
+fn write_spec(dir: &Path, body: &str) -> String {
+    let p = dir.join("poster.toml");
+    std::fs::write(&p, body).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn bad_input_exits_2_naming_file_field_and_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "[canvas]\nwidht = 512\n");
+    expect_input_error(&["render", &spec], &["poster.toml", "widht"]);
+    let spec = write_spec(tmp.path(), "[canvas]\nwidth = 500\n");
+    expect_input_error(&["render", &spec], &["poster.toml", "canvas.width"]);
+    let spec = write_spec(tmp.path(), "[canvas]\nscheduler = \"heun\"\n");
+    expect_input_error(&["render", &spec], &["canvas.scheduler", "ddim"]);
+    let spec = write_spec(tmp.path(), "model = \"no/such/model\"\n");
+    expect_input_error(&["render", &spec], &["no/such/model", "model folder"]);
+    expect_input_error(&["render", "--width", "100"], &["canvas.width"]);
+    expect_input_error(&["render", "missing-spec.toml"], &["missing-spec.toml"]);
+    let out = tmp.path().join("never.png");
+    assert!(!out.exists());
+}
+
+#[test]
+fn model_info_and_synth_agree_on_the_tiny_architecture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let synth = tmp.path().join("tiny");
+    let o = tessera(&["model", "synth", "--arch", "tiny", "--out", synth.to_str().unwrap(), "--seed", "5"]);
+    assert!(o.status.success(), "synth failed: {}", stderr(&o));
+    let info = |dir: &Path| -> serde_json::Value {
+        let o = tessera(&["model", "info", dir.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "info failed: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (a, b) = (info(&tiny_model_dir()), info(&synth));
+    for part in ["unet", "vae", "text_encoder"] {
+        assert_eq!(a[part]["parameters"], b[part]["parameters"], "{part} parameter count");
+    }
+    let png = tmp.path().join("one.png");
+    let o = tessera(&[
+        "render", "--model", synth.to_str().unwrap(), "--steps", "1", "--width", "64", "--height", "64",
+        "--out", png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "render on synthesized model failed: {}", stderr(&o));
+    assert!(png.is_file());
+}
