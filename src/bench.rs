@@ -31,29 +31,50 @@ fn report(what: &str, times: &[f64]) {
 }
 
 /// One UNet forward on a (batch, 4, latent, latent) input with random text embeddings.
-pub fn unet(dir: &ModelDir, dtype: DType, batch: usize, latent: usize, repeat: usize) -> Result<()> {
+pub fn unet(
+    dir: &ModelDir,
+    dtype: DType,
+    batch: usize,
+    latent: usize,
+    repeat: usize,
+) -> Result<()> {
     let cfg = dir.unet_config()?;
     let unet = dir.load_unet(dtype)?;
     let mut rng = SeededNoise::new(0);
-    let x = rng.noise(&(batch, 4, latent, latent).into())?.to_dtype(dtype)?;
-    let emb = rng.noise(&(batch, 77, cfg.cross_attention_dim).into())?.to_dtype(dtype)?;
-    println!("loaded UNet ({dtype:?}); RSS {}", memory::mib(memory::rss_bytes()));
+    let x = rng
+        .noise(&(batch, 4, latent, latent).into())?
+        .to_dtype(dtype)?;
+    let emb = rng
+        .noise(&(batch, 77, cfg.cross_attention_dim).into())?
+        .to_dtype(dtype)?;
+    println!(
+        "loaded UNet ({dtype:?}); RSS {}",
+        memory::mib(memory::rss_bytes())
+    );
     let times = time_runs(repeat, || {
         unet.forward(&x, 500.0, &emb)?;
         Ok(())
     })?;
-    report(&format!("UNet forward ({batch},4,{latent},{latent}) {dtype:?}"), &times);
+    report(
+        &format!("UNet forward ({batch},4,{latent},{latent}) {dtype:?}"),
+        &times,
+    );
     Ok(())
 }
 
 /// One VAE decode of a (1, 4, latent, latent) latent.
 pub fn vae_decode(dir: &ModelDir, dtype: DType, latent: usize, repeat: usize) -> Result<()> {
     let vae = dir.load_vae(dtype)?;
-    let z: Tensor = SeededNoise::new(0).noise(&(1, 4, latent, latent).into())?.to_dtype(dtype)?;
+    let z: Tensor = SeededNoise::new(0)
+        .noise(&(1, 4, latent, latent).into())?
+        .to_dtype(dtype)?;
     let times = time_runs(repeat, || {
         vae.decode(&z)?;
         Ok(())
     })?;
-    report(&format!("VAE decode (1,4,{latent},{latent}) {dtype:?}"), &times);
+    report(
+        &format!("VAE decode (1,4,{latent},{latent}) {dtype:?}"),
+        &times,
+    );
     Ok(())
 }

@@ -70,9 +70,17 @@ impl Blend {
 
     pub fn add(&mut self, rect: Rect, eps: &Tensor, weights: &Tensor) -> Result<()> {
         let w = weights.unsqueeze(0)?.unsqueeze(0)?;
-        let weighted = eps.to_dtype(DType::F64)?.broadcast_mul(&w)?.to_dtype(DType::F32)?;
+        let weighted = eps
+            .to_dtype(DType::F64)?
+            .broadcast_mul(&w)?
+            .to_dtype(DType::F32)?;
         let w = w.to_dtype(DType::F32)?.broadcast_as(eps.shape())?;
-        let ranges = [0..eps.dim(0)?, 0..eps.dim(1)?, rect.y..rect.y + rect.h, rect.x..rect.x + rect.w];
+        let ranges = [
+            0..eps.dim(0)?,
+            0..eps.dim(1)?,
+            rect.y..rect.y + rect.h,
+            rect.x..rect.x + rect.w,
+        ];
         let (b, c) = (eps.dim(0)?, eps.dim(1)?);
         let region = (0..b, 0..c, rect.y..rect.y + rect.h, rect.x..rect.x + rect.w);
         let n = (self.numerator.i(region.clone())? + weighted)?;
@@ -113,16 +121,30 @@ pub fn denoise(
     sched.set_begin_index(start);
     let timesteps = sched.timesteps()[start..].to_vec();
     let (_, _, lh, lw) = latents.dims4()?;
-    let whole = Rect { y: 0, x: 0, h: lh, w: lw };
+    let whole = Rect {
+        y: 0,
+        x: 0,
+        h: lh,
+        w: lw,
+    };
     let single = job.windows.len() == 1 && job.windows[0].rect == whole;
-    let bar = job.progress.bar((timesteps.len() * job.windows.len()) as u64, "denoise");
+    let bar = job
+        .progress
+        .bar((timesteps.len() * job.windows.len()) as u64, "denoise");
     for (k, &t) in timesteps.iter().enumerate() {
         let i = start + k;
         bar.set_message(format!("step {}/{}", k + 1, timesteps.len()));
         let eps = if single {
             // One window covering everything is plain txt2img: skip the blend so it is exact.
             check_interrupt()?;
-            let eps = guided_eps(job.unet, sched, &latents, t, &job.conds[job.windows[0].cond], job.dtype)?;
+            let eps = guided_eps(
+                job.unet,
+                sched,
+                &latents,
+                t,
+                &job.conds[job.windows[0].cond],
+                job.dtype,
+            )?;
             bar.inc(1);
             eps
         } else {
@@ -130,7 +152,9 @@ pub fn denoise(
             for win in job.windows {
                 check_interrupt()?;
                 let r = win.rect;
-                let crop = latents.i((.., .., r.y..r.y + r.h, r.x..r.x + r.w))?.contiguous()?;
+                let crop = latents
+                    .i((.., .., r.y..r.y + r.h, r.x..r.x + r.w))?
+                    .contiguous()?;
                 let eps = guided_eps(job.unet, sched, &crop, t, &job.conds[win.cond], job.dtype)?;
                 blend.add(r, &eps, &win.weights)?;
                 bar.inc(1);

@@ -192,35 +192,60 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Plan { spec, model, json } => {
             let file = SpecFile::load(&spec)?;
-            let overrides = Overrides { model, ..Default::default() };
+            let overrides = Overrides {
+                model,
+                ..Default::default()
+            };
             let settings = spec::resolve(Some((&spec, file)), &overrides)?;
             let dir = ModelDir::open(&settings.model)?;
             let plan = Plan::new(&settings, &crate::pipeline::model_facts(&dir)?)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan).expect("serialisable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).expect("serialisable")
+                );
             } else {
                 print!("{plan}");
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Unet { model, dtype, batch, latent, repeat }) => {
+        Command::Bench(BenchCommand::Unet {
+            model,
+            dtype,
+            batch,
+            latent,
+            repeat,
+        }) => {
             let dtype = bench_dtype(&dtype)?;
             crate::bench::unet(&ModelDir::open(&model)?, dtype, batch, latent, repeat)
         }
-        Command::Bench(BenchCommand::VaeDecode { model, dtype, latent, repeat }) => {
+        Command::Bench(BenchCommand::VaeDecode {
+            model,
+            dtype,
+            latent,
+            repeat,
+        }) => {
             let dtype = bench_dtype(&dtype)?;
             crate::bench::vae_decode(&ModelDir::open(&model)?, dtype, latent, repeat)
         }
         Command::Model(ModelCommand::Info { dir, json }) => {
             let info = info::inspect(&ModelDir::open(&dir)?)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&info).expect("serialisable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).expect("serialisable")
+                );
             } else {
                 print!("{info}");
             }
             Ok(())
         }
-        Command::Model(ModelCommand::Synth { arch, out, seed, dtype }) => {
+        Command::Model(ModelCommand::Synth {
+            arch,
+            out,
+            seed,
+            dtype,
+        }) => {
             synth::synthesize(&arch, &out, seed, &dtype)?;
             eprintln!("wrote a random-weight {arch} model to {}", out.display());
             Ok(())
@@ -229,6 +254,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn bench_dtype(name: &str) -> Result<candle_core::DType> {
-    crate::model::parse_dtype(name)
-        .ok_or_else(|| crate::Error::input("--dtype", None, format!("{name:?}"), "use f32, f16 or bf16"))
+    crate::model::parse_dtype(name).ok_or_else(|| {
+        crate::Error::input("--dtype", None, format!("{name:?}"), "use f32, f16 or bf16")
+    })
 }

@@ -22,7 +22,12 @@ pub fn tensor_to_rgb(image: &Tensor) -> Result<image::RgbImage> {
 /// Lanczos3 unless it already has that size (then it is used as is).
 pub fn load_image(path: &Path, size: (usize, usize)) -> Result<Tensor> {
     let img = image::open(path).map_err(|e| {
-        Error::input(path, None, format!("cannot read the picture: {e}"), "give a PNG or JPEG file")
+        Error::input(
+            path,
+            None,
+            format!("cannot read the picture: {e}"),
+            "give a PNG or JPEG file",
+        )
     })?;
     rgb_to_tensor(&img.to_rgb8(), size)
 }
@@ -36,7 +41,11 @@ pub fn rgb_to_tensor(img: &image::RgbImage, (w, h): (usize, usize)) -> Result<Te
         resized = image::imageops::resize(img, w as u32, h as u32, FilterType::Lanczos3);
         &resized
     };
-    let data: Vec<f32> = img.as_raw().iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
+    let data: Vec<f32> = img
+        .as_raw()
+        .iter()
+        .map(|&v| v as f32 / 127.5 - 1.0)
+        .collect();
     let t = Tensor::from_vec(data, (h, w, 3), &Device::Cpu)?;
     Ok(t.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()?)
 }
@@ -45,7 +54,12 @@ pub fn rgb_to_tensor(img: &image::RgbImage, (w, h): (usize, usize)) -> Result<Te
 /// rounding between the guide and its upscale).
 pub fn resize_tensor(image: &Tensor, (w, h): (usize, usize)) -> Result<Tensor> {
     let (_, _, ih, iw) = image.dims4()?;
-    let hwc: Vec<f32> = image.to_dtype(DType::F32)?.squeeze(0)?.permute((1, 2, 0))?.flatten_all()?.to_vec1()?;
+    let hwc: Vec<f32> = image
+        .to_dtype(DType::F32)?
+        .squeeze(0)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1()?;
     let src = image::Rgb32FImage::from_raw(iw as u32, ih as u32, hwc).expect("size matches");
     let dst = image::imageops::resize(&src, w as u32, h as u32, FilterType::Lanczos3);
     let t = Tensor::from_vec(dst.into_raw(), (h, w, 3), &Device::Cpu)?;

@@ -88,9 +88,15 @@ mod tests {
 
     #[test]
     fn seeded_noise_is_reproducible_and_standard_normal() {
-        let a = SeededNoise::new(42).noise(&Shape::from((4, 64, 64))).unwrap();
-        let b = SeededNoise::new(42).noise(&Shape::from((4, 64, 64))).unwrap();
-        let c = SeededNoise::new(43).noise(&Shape::from((4, 64, 64))).unwrap();
+        let a = SeededNoise::new(42)
+            .noise(&Shape::from((4, 64, 64)))
+            .unwrap();
+        let b = SeededNoise::new(42)
+            .noise(&Shape::from((4, 64, 64)))
+            .unwrap();
+        let c = SeededNoise::new(43)
+            .noise(&Shape::from((4, 64, 64)))
+            .unwrap();
         let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(a, b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         assert_ne!(a, c.flatten_all().unwrap().to_vec1::<f32>().unwrap());

@@ -34,30 +34,58 @@ pub fn render(s: &Settings, progress: Progress) -> Result<RenderReport> {
     let dir = ModelDir::open(&s.model)?;
     let plan = Plan::new(s, &model_facts(&dir)?)?;
     let conds = encode_prompts(&dir, s.dtype, &plan.prompts)?;
-    let r = Render { kind: scheduler_kind(&dir, s)?, sched_config: dir.scheduler_config()?, dir, settings: s, progress };
+    let r = Render {
+        kind: scheduler_kind(&dir, s)?,
+        sched_config: dir.scheduler_config()?,
+        dir,
+        settings: s,
+        progress,
+    };
     let unet = r.dir.load_unet(conv_dtype(s.dtype, &progress))?;
-    let guide = plan.guide.as_ref().map(|g| r.guide_pass(&unet, &plan, g, &conds)).transpose()?;
+    let guide = plan
+        .guide
+        .as_ref()
+        .map(|g| r.guide_pass(&unet, &plan, g, &conds))
+        .transpose()?;
     let latents = r.canvas_pass(&unet, &plan, &conds, guide.as_ref().map(|g| &g.0))?;
     drop(unet);
     if let Some(path) = &s.save_latents {
         output::save_tensors(path, &[("latents", &latents)])?;
     }
     let image = decode(&r.dir, &latents, s.dtype)?;
-    output::save_png(&s.output, &imageio::tensor_to_rgb(&image)?, &png_text(s, &plan, r.kind))?;
-    Ok(RenderReport { output: s.output.clone(), guide: guide.and_then(|g| g.1), plan, scheduler: r.kind })
+    output::save_png(
+        &s.output,
+        &imageio::tensor_to_rgb(&image)?,
+        &png_text(s, &plan, r.kind),
+    )?;
+    Ok(RenderReport {
+        output: s.output.clone(),
+        guide: guide.and_then(|g| g.1),
+        plan,
+        scheduler: r.kind,
+    })
 }
 
 impl Render<'_> {
     /// The low-res pass: render (or take) the guide, upscale it to the canvas, encode it.
     /// Returns the canvas-size guide latents and the saved guide picture, if one was rendered.
-    fn guide_pass(&self, unet: &UNet, plan: &Plan, g: &GuidePlan, conds: &[Conditioning]) -> Result<(Tensor, Option<PathBuf>)> {
+    fn guide_pass(
+        &self,
+        unet: &UNet,
+        plan: &Plan,
+        g: &GuidePlan,
+        conds: &[Conditioning],
+    ) -> Result<(Tensor, Option<PathBuf>)> {
         let s = self.settings;
         let (image, saved) = match &g.image {
             Some(path) => (imageio::load_image(path, (plan.width, plan.height))?, None),
             None => {
                 let conds: Vec<Conditioning> = conds
                     .iter()
-                    .map(|c| Conditioning { guidance: g.guidance.unwrap_or(c.guidance), ..c.clone() })
+                    .map(|c| Conditioning {
+                        guidance: g.guidance.unwrap_or(c.guidance),
+                        ..c.clone()
+                    })
                     .collect();
                 let mut sched = scheduler::build(self.kind, &self.sched_config, g.steps)?;
                 let shape = (1, 4, g.height / 8, g.width / 8);
@@ -65,19 +93,40 @@ impl Render<'_> {
                 let x = (noise * sched.init_noise_sigma())?;
                 let windows = realize_windows(&g.windows)?;
                 let job = self.job(unet, &conds, &windows);
-                let latents = canvas::denoise(&job, sched.as_mut(), x, 0, &mut SeededNoise::new(s.seed + 1), |_, _, _, x| Ok(x))?;
+                let latents = canvas::denoise(
+                    &job,
+                    sched.as_mut(),
+                    x,
+                    0,
+                    &mut SeededNoise::new(s.seed + 1),
+                    |_, _, _, x| Ok(x),
+                )?;
                 let guide = decode(&self.dir, &latents, s.dtype)?;
                 let path = s.output.with_extension("guide.png");
                 output::save_png(&path, &imageio::tensor_to_rgb(&guide)?, &[])?;
-                self.progress.note(format!("guide: {}x{} -> {}", g.width, g.height, path.display()));
-                (imageio::resize_tensor(&guide, (plan.width, plan.height))?, Some(path))
+                self.progress.note(format!(
+                    "guide: {}x{} -> {}",
+                    g.width,
+                    g.height,
+                    path.display()
+                ));
+                (
+                    imageio::resize_tensor(&guide, (plan.width, plan.height))?,
+                    Some(path),
+                )
             }
         };
         Ok((encode_mean(&self.dir, &image)?, saved))
     }
 
     /// The canvas pass: every window, every remaining step, one scheduler step per timestep.
-    fn canvas_pass(&self, unet: &UNet, plan: &Plan, conds: &[Conditioning], guide: Option<&Tensor>) -> Result<Tensor> {
+    fn canvas_pass(
+        &self,
+        unet: &UNet,
+        plan: &Plan,
+        conds: &[Conditioning],
+        guide: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let s = self.settings;
         let mut sched = scheduler::build(self.kind, &self.sched_config, s.steps)?;
         let noise = initial_noise(s, plan)?;
@@ -87,7 +136,10 @@ impl Render<'_> {
                 if start == s.steps {
                     return Ok(latents.clone());
                 }
-                (sched.add_noise(latents, &noise, sched.timesteps()[start])?, start)
+                (
+                    sched.add_noise(latents, &noise, sched.timesteps()[start])?,
+                    start,
+                )
             }
             _ => ((&noise * sched.init_noise_sigma())?, 0),
         };
@@ -96,20 +148,37 @@ impl Render<'_> {
             .iter()
             .map(|r| {
                 let image = imageio::load_image(&r.image, (r.rect.w * 8, r.rect.h * 8))?;
-                let latest = latest_timestep(sched.as_ref(), &self.sched_config, s.steps, r.strength);
+                let latest =
+                    latest_timestep(sched.as_ref(), &self.sched_config, s.steps, r.strength);
                 Ok((r.rect, encode_mean(&self.dir, &image)?, latest))
             })
             .collect::<Result<Vec<_>>>()?;
         let windows = realize_windows(&plan.windows)?;
         let job = self.job(unet, conds, &windows);
         let mut ancestral = SeededNoise::new(s.seed + 1);
-        canvas::denoise(&job, sched.as_mut(), x, start, &mut ancestral, |_, t, sched, x| {
-            apply_image_regions(sched, &regions, &noise, t, x)
-        })
+        canvas::denoise(
+            &job,
+            sched.as_mut(),
+            x,
+            start,
+            &mut ancestral,
+            |_, t, sched, x| apply_image_regions(sched, &regions, &noise, t, x),
+        )
     }
 
-    fn job<'a>(&self, unet: &'a UNet, conds: &'a [Conditioning], windows: &'a [Window]) -> CanvasJob<'a> {
-        CanvasJob { unet, dtype: conv_dtype(self.settings.dtype, &Progress::default()), conds, windows, progress: self.progress }
+    fn job<'a>(
+        &self,
+        unet: &'a UNet,
+        conds: &'a [Conditioning],
+        windows: &'a [Window],
+    ) -> CanvasJob<'a> {
+        CanvasJob {
+            unet,
+            dtype: conv_dtype(self.settings.dtype, &Progress::default()),
+            conds,
+            windows,
+            progress: self.progress,
+        }
     }
 }
 
@@ -134,7 +203,12 @@ pub fn apply_image_regions(
 
 /// The last timestep at which an image region of `strength` is still overridden (reference
 /// formula, including its use of `steps_offset`).
-pub fn latest_timestep(sched: &dyn Scheduler, cfg: &SchedulerConfig, steps: usize, strength: f64) -> f64 {
+pub fn latest_timestep(
+    sched: &dyn Scheduler,
+    cfg: &SchedulerConfig,
+    steps: usize,
+    strength: f64,
+) -> f64 {
     let offset = cfg.steps_offset;
     let init_ts = ((steps as f64 * (1.0 - strength)) as usize + offset).min(steps);
     let t_start = (steps + offset).saturating_sub(init_ts).min(steps - 1);
@@ -146,7 +220,11 @@ pub fn realize_windows(planned: &[PlannedWindow]) -> Result<Vec<Window>> {
     planned
         .iter()
         .map(|w| {
-            Ok(Window { rect: w.rect, cond: w.cond, weights: tiles::weights(w.rect.h, w.rect.w, w.mask, w.weight)? })
+            Ok(Window {
+                rect: w.rect,
+                cond: w.cond,
+                weights: tiles::weights(w.rect.h, w.rect.w, w.mask, w.weight)?,
+            })
         })
         .collect()
 }
@@ -174,7 +252,10 @@ pub fn scheduler_kind(dir: &ModelDir, s: &Settings) -> Result<SchedulerKind> {
             dir.path("scheduler/scheduler_config.json"),
             Some("_class_name"),
             format!("scheduler {class:?} is not implemented"),
-            format!("choose one with --scheduler ({})", SchedulerKind::NAMES.join(", ")),
+            format!(
+                "choose one with --scheduler ({})",
+                SchedulerKind::NAMES.join(", ")
+            ),
         )
     })
 }
@@ -182,7 +263,8 @@ pub fn scheduler_kind(dir: &ModelDir, s: &Settings) -> Result<SchedulerKind> {
 /// candle's CPU conv2d has no bf16 kernel: UNet and VAE then compute in f32 (said once).
 pub fn conv_dtype(requested: DType, progress: &Progress) -> DType {
     if requested == DType::BF16 {
-        progress.note("note: bf16 convolutions are not available on CPU; the UNet and VAE run in f32");
+        progress
+            .note("note: bf16 convolutions are not available on CPU; the UNet and VAE run in f32");
         DType::F32
     } else {
         requested
@@ -190,16 +272,24 @@ pub fn conv_dtype(requested: DType, progress: &Progress) -> DType {
 }
 
 /// Encode each prompt as `[uncond(negative), cond(text)]`, then drop the text encoder.
-pub fn encode_prompts(dir: &ModelDir, dtype: DType, prompts: &[TextPrompt]) -> Result<Vec<Conditioning>> {
+pub fn encode_prompts(
+    dir: &ModelDir,
+    dtype: DType,
+    prompts: &[TextPrompt],
+) -> Result<Vec<Conditioning>> {
     let tokenizer = dir.tokenizer()?;
     let encoder = dir.load_text_encoder(dtype)?;
     prompts
         .iter()
         .map(|p| {
-            let ids: Vec<Vec<u32>> = vec![tokenizer.encode(&p.negative)?, tokenizer.encode(&p.text)?];
+            let ids: Vec<Vec<u32>> =
+                vec![tokenizer.encode(&p.negative)?, tokenizer.encode(&p.text)?];
             let ids = Tensor::new(ids, &candle_core::Device::Cpu)?;
             let embeddings = encoder.forward(&ids)?.to_dtype(DType::F32)?;
-            Ok(Conditioning { embeddings, guidance: p.guidance })
+            Ok(Conditioning {
+                embeddings,
+                guidance: p.guidance,
+            })
         })
         .collect()
 }
@@ -215,8 +305,16 @@ pub fn initial_noise(s: &Settings, plan: &Plan) -> Result<Tensor> {
                 return Err(Error::input(
                     path,
                     Some("noise"),
-                    format!("shape {:?} does not fit a {}x{} canvas", t.dims(), plan.width, plan.height),
-                    format!("store noise of shape [1, 4, {}, {}] or change the canvas size", shape.2, shape.3),
+                    format!(
+                        "shape {:?} does not fit a {}x{} canvas",
+                        t.dims(),
+                        plan.width,
+                        plan.height
+                    ),
+                    format!(
+                        "store noise of shape [1, 4, {}, {}] or change the canvas size",
+                        shape.2, shape.3
+                    ),
                 ));
             }
             t
@@ -241,7 +339,11 @@ pub fn encode_mean(dir: &ModelDir, image: &Tensor) -> Result<Tensor> {
 pub fn decode(dir: &ModelDir, latents: &Tensor, dtype: DType) -> Result<Tensor> {
     let cfg = dir.vae_config()?;
     // diffusers upcasts VAEs marked force_upcast (SD 1.x/2.x) to f32: their f16 decode overflows.
-    let dtype = if cfg.force_upcast || dtype == DType::BF16 { DType::F32 } else { dtype };
+    let dtype = if cfg.force_upcast || dtype == DType::BF16 {
+        DType::F32
+    } else {
+        dtype
+    };
     let vae = dir.load_vae(dtype)?;
     let scaled = (latents / cfg.scaling_factor)?.to_dtype(dtype)?;
     Ok(vae.decode(&scaled)?.to_dtype(DType::F32)?)
@@ -249,7 +351,11 @@ pub fn decode(dir: &ModelDir, latents: &Tensor, dtype: DType) -> Result<Tensor> 
 
 /// PNG text chunks: the resolved spec (`tessera`), and A1111's `parameters` for PNG-info readers.
 fn png_text(s: &Settings, plan: &Plan, kind: SchedulerKind) -> Vec<(&'static str, String)> {
-    let model = s.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let model = s
+        .model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let (prompt, negative, guidance) = match &s.background {
         Some(p) => (p.text.as_str(), p.negative.as_str(), p.guidance),
         None => ("", "", crate::spec::DEFAULT_GUIDANCE),
@@ -260,5 +366,9 @@ fn png_text(s: &Settings, plan: &Plan, kind: SchedulerKind) -> Vec<(&'static str
     );
     let spec = s.to_spec_file(plan.width, plan.height, kind);
     let spec = toml::to_string(&spec).unwrap_or_default();
-    vec![("parameters", parameters), ("tessera", spec), ("Software", format!("tessera {}", env!("CARGO_PKG_VERSION")))]
+    vec![
+        ("parameters", parameters),
+        ("tessera", spec),
+        ("Software", format!("tessera {}", env!("CARGO_PKG_VERSION"))),
+    ]
 }

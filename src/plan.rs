@@ -68,34 +68,61 @@ pub struct Plan {
 }
 
 fn latent(r: Rect) -> Rect {
-    Rect { y: r.y / 8, x: r.x / 8, h: r.h / 8, w: r.w / 8 }
+    Rect {
+        y: r.y / 8,
+        x: r.x / 8,
+        h: r.h / 8,
+        w: r.w / 8,
+    }
 }
 
 /// Windows for a latent rectangle: itself when it fits a window, else a grid inside it.
 fn windows_for(area: Rect, tile: (usize, usize), overlap: usize) -> Vec<Rect> {
     tiles::grid(area.h, area.w, (tile.1, tile.0), overlap)
         .into_iter()
-        .map(|r| Rect { y: r.y + area.y, x: r.x + area.x, ..r })
+        .map(|r| Rect {
+            y: r.y + area.y,
+            x: r.x + area.x,
+            ..r
+        })
         .collect()
 }
 
 impl Plan {
     pub fn new(s: &Settings, m: &ModelFacts) -> Result<Self> {
-        let bad = |field: &str, msg: String, fix: String| Error::input(&s.origin, Some(field), msg, fix);
+        let bad =
+            |field: &str, msg: String, fix: String| Error::input(&s.origin, Some(field), msg, fix);
         let width = s.width.unwrap_or(m.native_size);
         let height = s.height.unwrap_or(m.native_size);
-        let canvas = Rect { y: 0, x: 0, h: height, w: width };
+        let canvas = Rect {
+            y: 0,
+            x: 0,
+            h: height,
+            w: width,
+        };
         let explicit = s.tiles.size;
         let (tw, th) = explicit.unwrap_or((m.native_size, m.native_size));
         if explicit.is_some() && (tw > width || th > height) {
-            return Err(bad("tiles.size", format!("{tw}x{th} windows are larger than the {width}x{height} canvas"),
-                format!("use windows of at most {width}x{height}")));
+            return Err(bad(
+                "tiles.size",
+                format!("{tw}x{th} windows are larger than the {width}x{height} canvas"),
+                format!("use windows of at most {width}x{height}"),
+            ));
         }
         let window = (tw.min(width), th.min(height));
-        let overlap = s.tiles.overlap.unwrap_or(window.0.min(window.1) / 4 / 8 * 8);
+        let overlap = s
+            .tiles
+            .overlap
+            .unwrap_or(window.0.min(window.1) / 4 / 8 * 8);
         if overlap >= window.0.min(window.1) {
-            return Err(bad("tiles.overlap", format!("{overlap} px is not smaller than the {}x{} window", window.0, window.1),
-                "use an overlap of about a quarter of the window size".into()));
+            return Err(bad(
+                "tiles.overlap",
+                format!(
+                    "{overlap} px is not smaller than the {}x{} window",
+                    window.0, window.1
+                ),
+                "use an overlap of about a quarter of the window size".into(),
+            ));
         }
         let lwin = (window.0 / 8, window.1 / 8);
         let lover = overlap / 8;
@@ -105,48 +132,86 @@ impl Plan {
         if let Some(bg) = &s.background {
             prompts.push(bg.clone());
             for rect in windows_for(latent(canvas), lwin, lover) {
-                windows.push(PlannedWindow { rect, cond: 0, mask: s.tiles.mask, weight: 1.0 });
+                windows.push(PlannedWindow {
+                    rect,
+                    cond: 0,
+                    mask: s.tiles.mask,
+                    weight: 1.0,
+                });
             }
         }
         let mut image_regions = Vec::new();
         let mut seeded = Vec::new();
         for r in &s.regions {
             if !canvas.contains(&r.rect) {
-                return Err(bad(&format!("region[{}].rect", r.index),
-                    format!("[{}, {}, {}, {}] reaches outside the {width}x{height} canvas", r.rect.x, r.rect.y, r.rect.w, r.rect.h),
-                    "keep x + width <= canvas width and y + height <= canvas height".into()));
+                return Err(bad(
+                    &format!("region[{}].rect", r.index),
+                    format!(
+                        "[{}, {}, {}, {}] reaches outside the {width}x{height} canvas",
+                        r.rect.x, r.rect.y, r.rect.w, r.rect.h
+                    ),
+                    "keep x + width <= canvas width and y + height <= canvas height".into(),
+                ));
             }
             let lr = latent(r.rect);
             match &r.kind {
-                RegionKind::Text { prompt, mask, weight, seed } => {
+                RegionKind::Text {
+                    prompt,
+                    mask,
+                    weight,
+                    seed,
+                } => {
                     prompts.push(prompt.clone());
                     let cond = prompts.len() - 1;
                     for rect in windows_for(lr, lwin, lover) {
-                        windows.push(PlannedWindow { rect, cond, mask: *mask, weight: *weight });
+                        windows.push(PlannedWindow {
+                            rect,
+                            cond,
+                            mask: *mask,
+                            weight: *weight,
+                        });
                     }
                     if let Some(seed) = seed {
                         seeded.push((lr, *seed));
                     }
                 }
-                RegionKind::Image { image, strength } => {
-                    image_regions.push(ImageRegion { rect: lr, image: image.clone(), strength: *strength })
-                }
+                RegionKind::Image { image, strength } => image_regions.push(ImageRegion {
+                    rect: lr,
+                    image: image.clone(),
+                    strength: *strength,
+                }),
             }
         }
         if windows.is_empty() {
-            return Err(bad("region", "nothing to denoise: no [prompt] and no text region".into(),
-                "add a [prompt] table (the background) or a text [[region]]".into()));
+            return Err(bad(
+                "region",
+                "nothing to denoise: no [prompt] and no text region".into(),
+                "add a [prompt] table (the background) or a text [[region]]".into(),
+            ));
         }
         let guide = s.guide.as_ref().map(|g| {
-            let (gw, gh) = g.size.unwrap_or_else(|| native_aspect(width, height, m.native_size));
+            let (gw, gh) = g
+                .size
+                .unwrap_or_else(|| native_aspect(width, height, m.native_size));
             let gwindows = guide_windows(&windows, (width, height), (gw, gh));
-            GuidePlan { width: gw, height: gh, steps: g.steps, windows: gwindows, image: g.image.clone(), strength: g.strength, guidance: Some(g.guidance) }
+            GuidePlan {
+                width: gw,
+                height: gh,
+                steps: g.steps,
+                windows: gwindows,
+                image: g.image.clone(),
+                strength: g.strength,
+                guidance: Some(g.guidance),
+            }
         });
         let hires_steps = match &guide {
             Some(g) => (s.steps as f64 * g.strength) as usize,
             None => s.steps,
         };
-        let guide_evals = guide.as_ref().filter(|g| g.image.is_none()).map_or(0, |g| g.steps * g.windows.len());
+        let guide_evals = guide
+            .as_ref()
+            .filter(|g| g.image.is_none())
+            .map_or(0, |g| g.steps * g.windows.len());
         let mut plan = Plan {
             width,
             height,
@@ -169,7 +234,11 @@ impl Plan {
 
 /// The guide's windows: per prompt, the union of its canvas windows scaled to the guide, so
 /// every region is one window of its own (scaled) size at guide resolution.
-fn guide_windows(windows: &[PlannedWindow], canvas: (usize, usize), guide: (usize, usize)) -> Vec<PlannedWindow> {
+fn guide_windows(
+    windows: &[PlannedWindow],
+    canvas: (usize, usize),
+    guide: (usize, usize),
+) -> Vec<PlannedWindow> {
     let mut merged: Vec<PlannedWindow> = Vec::new();
     for w in windows {
         match merged.iter_mut().find(|m| m.cond == w.cond) {
@@ -194,7 +263,12 @@ fn guide_windows(windows: &[PlannedWindow], canvas: (usize, usize), guide: (usiz
 fn union(a: Rect, b: Rect) -> Rect {
     let (y, x) = (a.y.min(b.y), a.x.min(b.x));
     let (y1, x1) = ((a.y + a.h).max(b.y + b.h), (a.x + a.w).max(b.x + b.w));
-    Rect { y, x, h: y1 - y, w: x1 - x }
+    Rect {
+        y,
+        x,
+        h: y1 - y,
+        w: x1 - x,
+    }
 }
 
 /// The model's native area at the canvas aspect ratio: the long side is the native size.
@@ -217,23 +291,64 @@ fn estimate_peak(plan: &Plan, m: &ModelFacts, dtype_bytes: usize) -> u64 {
 
 impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "canvas:            {}x{} px ({}x{} latent)", self.width, self.height, self.width / 8, self.height / 8)?;
-        writeln!(f, "windows:           {}x{} px, overlap {} px", self.window.0, self.window.1, self.overlap)?;
+        writeln!(
+            f,
+            "canvas:            {}x{} px ({}x{} latent)",
+            self.width,
+            self.height,
+            self.width / 8,
+            self.height / 8
+        )?;
+        writeln!(
+            f,
+            "windows:           {}x{} px, overlap {} px",
+            self.window.0, self.window.1, self.overlap
+        )?;
         for (i, p) in self.prompts.iter().enumerate() {
             let n = self.windows.iter().filter(|w| w.cond == i).count();
-            writeln!(f, "  prompt {i}: {n:>3} windows  {:?} (guidance {})", p.text, p.guidance)?;
+            writeln!(
+                f,
+                "  prompt {i}: {n:>3} windows  {:?} (guidance {})",
+                p.text, p.guidance
+            )?;
         }
         for r in &self.image_regions {
-            writeln!(f, "  image region at {:?} px, strength {}", r.rect.scaled(8), r.strength)?;
+            writeln!(
+                f,
+                "  image region at {:?} px, strength {}",
+                r.rect.scaled(8),
+                r.strength
+            )?;
         }
         if let Some(g) = &self.guide {
             match &g.image {
-                Some(p) => writeln!(f, "guide:             {} (strength {})", p.display(), g.strength)?,
-                None => writeln!(f, "guide:             {}x{} px, {} steps, {} windows; hi-res strength {}", g.width, g.height, g.steps, g.windows.len(), g.strength)?,
+                Some(p) => writeln!(
+                    f,
+                    "guide:             {} (strength {})",
+                    p.display(),
+                    g.strength
+                )?,
+                None => writeln!(
+                    f,
+                    "guide:             {}x{} px, {} steps, {} windows; hi-res strength {}",
+                    g.width,
+                    g.height,
+                    g.steps,
+                    g.windows.len(),
+                    g.strength
+                )?,
             }
         }
         writeln!(f, "windows per step:  {}", self.windows_per_step)?;
-        writeln!(f, "UNet evaluations:  {} (each a CFG pair)", self.unet_evaluations)?;
-        writeln!(f, "estimated peak:    {:.0} MiB", self.estimated_peak_bytes as f64 / (1u64 << 20) as f64)
+        writeln!(
+            f,
+            "UNet evaluations:  {} (each a CFG pair)",
+            self.unet_evaluations
+        )?;
+        writeln!(
+            f,
+            "estimated peak:    {:.0} MiB",
+            self.estimated_peak_bytes as f64 / (1u64 << 20) as f64
+        )
     }
 }

@@ -131,8 +131,16 @@ pub struct TextPrompt {
 
 #[derive(Debug, Clone)]
 pub enum RegionKind {
-    Text { prompt: TextPrompt, mask: Mask, weight: f64, seed: Option<u64> },
-    Image { image: PathBuf, strength: f64 },
+    Text {
+        prompt: TextPrompt,
+        mask: Mask,
+        weight: f64,
+        seed: Option<u64>,
+    },
+    Image {
+        image: PathBuf,
+        strength: f64,
+    },
 }
 
 /// A region with its rectangle in pixels; `index` is its position among the spec's regions.
@@ -227,13 +235,16 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         Some((p, s)) => (Some(p.to_path_buf()), s),
         None => (None, SpecFile::default()),
     };
-    let origin = spec_path.clone().unwrap_or_else(|| PathBuf::from("<command line>"));
+    let origin = spec_path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("<command line>"));
     let base = spec_path
         .as_deref()
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let bad = |field: &str, message: String, fix: &str| Error::input(&origin, Some(field), message, fix);
+    let bad =
+        |field: &str, message: String, fix: &str| Error::input(&origin, Some(field), message, fix);
 
     let model = match (&o.model, &spec.model) {
         (Some(m), _) => m.clone(),
@@ -250,7 +261,11 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
     }
     let steps = o.steps.or(c.steps).unwrap_or(DEFAULT_STEPS);
     if steps == 0 || steps > 1000 {
-        return Err(bad("canvas.steps", format!("{steps} steps"), "use 1 to 1000 steps"));
+        return Err(bad(
+            "canvas.steps",
+            format!("{steps} steps"),
+            "use 1 to 1000 steps",
+        ));
     }
     let scheduler = match o.scheduler.as_ref().or(c.scheduler.as_ref()) {
         None => None,
@@ -262,9 +277,18 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
             )
         })?),
     };
-    let dtype_name = o.dtype.as_ref().or(c.dtype.as_ref()).map(String::as_str).unwrap_or("f32");
+    let dtype_name = o
+        .dtype
+        .as_ref()
+        .or(c.dtype.as_ref())
+        .map(String::as_str)
+        .unwrap_or("f32");
     let dtype = parse_dtype(dtype_name).ok_or_else(|| {
-        bad("canvas.dtype", format!("unknown dtype {dtype_name:?}"), "use f32, f16 or bf16")
+        bad(
+            "canvas.dtype",
+            format!("unknown dtype {dtype_name:?}"),
+            "use f32, f16 or bf16",
+        )
     })?;
     let background = match (&spec.prompt, &o.prompt) {
         // A spec with regions and no [prompt] denoises only its regions (reference semantics).
@@ -289,7 +313,11 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         Some(g) if g.enabled.unwrap_or(true) => Some(resolve_guide(g, steps, &base, &bad)?),
         _ => None,
     };
-    let output = match (&o.out, &spec.output.as_ref().and_then(|t| t.path.as_ref()), &spec_path) {
+    let output = match (
+        &o.out,
+        &spec.output.as_ref().and_then(|t| t.path.as_ref()),
+        &spec_path,
+    ) {
         (Some(out), _, _) => out.clone(),
         (None, Some(path), _) => base.join(path),
         (None, None, Some(sp)) => sp.with_extension("png"),
@@ -345,7 +373,12 @@ impl Settings {
                 .map(|r| {
                     let rect = Some([r.rect.x, r.rect.y, r.rect.w, r.rect.h]);
                     match &r.kind {
-                        RegionKind::Text { prompt, mask, weight, seed } => RegionTable {
+                        RegionKind::Text {
+                            prompt,
+                            mask,
+                            weight,
+                            seed,
+                        } => RegionTable {
                             rect,
                             prompt: Some(prompt.text.clone()),
                             negative: Some(prompt.negative.clone()),
@@ -372,7 +405,9 @@ impl Settings {
                 image: g.image.as_deref().map(path),
                 strength: Some(g.strength),
             }),
-            output: Some(OutputTable { path: Some(path(&self.output)) }),
+            output: Some(OutputTable {
+                path: Some(path(&self.output)),
+            }),
         }
     }
 }
@@ -382,7 +417,11 @@ type Bad<'a> = dyn Fn(&str, String, &str) -> Error + 'a;
 fn check_guidance(bad: &Bad, field: &str, g: Option<f64>) -> Result<f64> {
     let g = g.unwrap_or(DEFAULT_GUIDANCE);
     if !g.is_finite() || g < 0.0 {
-        return Err(bad(field, format!("{g}"), "use a number >= 0 (7.5 is usual)"));
+        return Err(bad(
+            field,
+            format!("{g}"),
+            "use a number >= 0 (7.5 is usual)",
+        ));
     }
     Ok(g)
 }
@@ -391,7 +430,11 @@ fn check_multiple_of_8(bad: &Bad, field: &str, v: usize, allow_zero: bool) -> Re
     if v % 8 != 0 || (v == 0 && !allow_zero) {
         let below = (v / 8 * 8).max(8);
         let fix = format!("use a multiple of 8, e.g. {below} or {}", below + 8);
-        return Err(bad(field, format!("{v} is not a positive multiple of 8"), &fix));
+        return Err(bad(
+            field,
+            format!("{v} is not a positive multiple of 8"),
+            &fix,
+        ));
     }
     Ok(())
 }
@@ -406,7 +449,11 @@ fn check_strength(bad: &Bad, field: &str, s: f64) -> Result<f64> {
 fn resolve_region(i: usize, r: &RegionTable, base: &Path, bad: &Bad) -> Result<Region> {
     let f = |name: &str| format!("region[{i}].{name}");
     let [x, y, w, h] = r.rect.ok_or_else(|| {
-        bad(&f("rect"), "missing".into(), "give rect = [x, y, width, height] in pixels")
+        bad(
+            &f("rect"),
+            "missing".into(),
+            "give rect = [x, y, width, height] in pixels",
+        )
     })?;
     for (name, v) in [("rect x", x), ("rect y", y)] {
         check_multiple_of_8(bad, &f(name), v, true)?;
@@ -417,36 +464,63 @@ fn resolve_region(i: usize, r: &RegionTable, base: &Path, bad: &Bad) -> Result<R
     let rect = Rect { y, x, h, w };
     let kind = match (&r.image, &r.prompt) {
         (Some(_), Some(_)) => {
-            return Err(bad(&f("image"), "a region has both `image` and `prompt`".into(),
-                "split it into a text region and an image region"))
+            return Err(bad(
+                &f("image"),
+                "a region has both `image` and `prompt`".into(),
+                "split it into a text region and an image region",
+            ))
         }
         (None, None) => {
-            return Err(bad(&f("prompt"), "a region needs `prompt` or `image`".into(),
-                "add prompt = \"...\" (text region) or image = \"file.png\" (image region)"))
+            return Err(bad(
+                &f("prompt"),
+                "a region needs `prompt` or `image`".into(),
+                "add prompt = \"...\" (text region) or image = \"file.png\" (image region)",
+            ))
         }
         (Some(image), None) => {
-            for (name, set) in [("guidance", r.guidance.is_some()), ("negative", r.negative.is_some()),
-                ("mask", r.mask.is_some()), ("weight", r.weight.is_some()), ("seed", r.seed.is_some())] {
+            for (name, set) in [
+                ("guidance", r.guidance.is_some()),
+                ("negative", r.negative.is_some()),
+                ("mask", r.mask.is_some()),
+                ("weight", r.weight.is_some()),
+                ("seed", r.seed.is_some()),
+            ] {
                 if set {
-                    return Err(bad(&f(name), format!("`{name}` does not apply to an image region"),
-                        "remove it, or make this a text region with `prompt`"));
+                    return Err(bad(
+                        &f(name),
+                        format!("`{name}` does not apply to an image region"),
+                        "remove it, or make this a text region with `prompt`",
+                    ));
                 }
             }
             let image = base.join(image);
             if !image.is_file() {
-                return Err(bad(&f("image"), format!("{} not found", image.display()),
-                    "give the path of a PNG or JPEG, relative to the spec"));
+                return Err(bad(
+                    &f("image"),
+                    format!("{} not found", image.display()),
+                    "give the path of a PNG or JPEG, relative to the spec",
+                ));
             }
-            RegionKind::Image { image, strength: check_strength(bad, &f("strength"), r.strength.unwrap_or(0.5))? }
+            RegionKind::Image {
+                image,
+                strength: check_strength(bad, &f("strength"), r.strength.unwrap_or(0.5))?,
+            }
         }
         (None, Some(text)) => {
             if r.strength.is_some() {
-                return Err(bad(&f("strength"), "`strength` applies to image regions only".into(),
-                    "remove it, or give `image` instead of `prompt`"));
+                return Err(bad(
+                    &f("strength"),
+                    "`strength` applies to image regions only".into(),
+                    "remove it, or give `image` instead of `prompt`",
+                ));
             }
             let weight = r.weight.unwrap_or(1.0);
             if !(weight.is_finite() && weight > 0.0) {
-                return Err(bad(&f("weight"), format!("{weight}"), "use a weight > 0 (1.0 is usual)"));
+                return Err(bad(
+                    &f("weight"),
+                    format!("{weight}"),
+                    "use a weight > 0 (1.0 is usual)",
+                ));
             }
             RegionKind::Text {
                 prompt: TextPrompt {
@@ -460,7 +534,11 @@ fn resolve_region(i: usize, r: &RegionTable, base: &Path, bad: &Bad) -> Result<R
             }
         }
     };
-    Ok(Region { index: i, rect, kind })
+    Ok(Region {
+        index: i,
+        rect,
+        kind,
+    })
 }
 
 fn resolve_tiles(t: Option<&TilesTable>, bad: &Bad) -> Result<TileSettings> {
@@ -474,12 +552,19 @@ fn resolve_tiles(t: Option<&TilesTable>, bad: &Bad) -> Result<TileSettings> {
         check_multiple_of_8(bad, "tiles.overlap", o, true)?;
         if let Some((w, h)) = size {
             if o >= w.min(h) {
-                return Err(bad("tiles.overlap", format!("{o} px is not smaller than the window"),
-                    "use an overlap of about a quarter of the window size"));
+                return Err(bad(
+                    "tiles.overlap",
+                    format!("{o} px is not smaller than the window"),
+                    "use an overlap of about a quarter of the window size",
+                ));
             }
         }
     }
-    Ok(TileSettings { size, overlap: t.overlap, mask: t.mask.unwrap_or_default() })
+    Ok(TileSettings {
+        size,
+        overlap: t.overlap,
+        mask: t.mask.unwrap_or_default(),
+    })
 }
 
 fn resolve_guide(g: &GuideTable, steps: usize, base: &Path, bad: &Bad) -> Result<GuideSettings> {
@@ -491,13 +576,20 @@ fn resolve_guide(g: &GuideTable, steps: usize, base: &Path, bad: &Bad) -> Result
     let image = g.image.as_ref().map(|p| base.join(p));
     if let Some(p) = &image {
         if !p.is_file() {
-            return Err(bad("guide.image", format!("{} not found", p.display()),
-                "give the path of a PNG or JPEG, relative to the spec"));
+            return Err(bad(
+                "guide.image",
+                format!("{} not found", p.display()),
+                "give the path of a PNG or JPEG, relative to the spec",
+            ));
         }
     }
     let guide_steps = g.steps.unwrap_or(steps);
     if guide_steps == 0 || guide_steps > 1000 {
-        return Err(bad("guide.steps", format!("{guide_steps} steps"), "use 1 to 1000 steps"));
+        return Err(bad(
+            "guide.steps",
+            format!("{guide_steps} steps"),
+            "use 1 to 1000 steps",
+        ));
     }
     Ok(GuideSettings {
         size,
@@ -526,15 +618,24 @@ mod tests {
     #[test]
     fn typo_names_the_key_and_line() {
         let e = err_of("[canvas]\nwidht = 512\n");
-        assert!(e.contains("poster.toml") && e.contains("widht") && e.contains("line 2"), "{e}");
+        assert!(
+            e.contains("poster.toml") && e.contains("widht") && e.contains("line 2"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_values_name_field_and_fix() {
         let e = err_of("[canvas]\nwidth = 500\n");
-        assert!(e.contains("canvas.width") && e.contains("496 or 504"), "{e}");
+        assert!(
+            e.contains("canvas.width") && e.contains("496 or 504"),
+            "{e}"
+        );
         let e = err_of("[canvas]\nscheduler = \"heun\"\n");
-        assert!(e.contains("canvas.scheduler") && e.contains("euler-a"), "{e}");
+        assert!(
+            e.contains("canvas.scheduler") && e.contains("euler-a"),
+            "{e}"
+        );
         let e = err_of("[canvas]\ndtype = \"f64\"\n");
         assert!(e.contains("canvas.dtype"), "{e}");
     }
@@ -553,7 +654,10 @@ mod tests {
             ..Default::default()
         };
         let r = resolve(Some((p, s)), &o).unwrap();
-        assert_eq!((r.width, r.seed, r.background.unwrap().text.as_str()), (Some(128), 3, "b"));
+        assert_eq!(
+            (r.width, r.seed, r.background.unwrap().text.as_str()),
+            (Some(128), 3, "b")
+        );
         assert_eq!(r.model, Path::new("dir/m"));
         assert_eq!(r.output, Path::new("dir/poster.png"));
     }

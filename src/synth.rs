@@ -45,7 +45,12 @@ fn arch(name: &str) -> Result<Arch> {
             "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-5, "norm_num_groups": 32,
             "sample_size": size, "use_linear_projection": linear})
     };
-    let clip = |hidden: usize, inter: usize, layers: usize, heads: usize, act: &str, proj: usize| {
+    let clip = |hidden: usize,
+                inter: usize,
+                layers: usize,
+                heads: usize,
+                act: &str,
+                proj: usize| {
         json!({"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "hidden_size": hidden,
             "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
             "hidden_act": act, "projection_dim": proj, "max_position_embeddings": 77,
@@ -136,6 +141,11 @@ fn write_component(
     write_json(&dir.join(config_name), config)
 }
 
+fn parse<T: serde::de::DeserializeOwned>(config: &Value, arch: &str) -> Result<T> {
+    serde_json::from_value(config.clone())
+        .map_err(|e| Error::Other(format!("internal config of {arch} does not parse: {e}")))
+}
+
 fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("serialisable");
     std::fs::write(path, text).map_err(|e| Error::io(path.display().to_string(), e))
@@ -149,31 +159,67 @@ pub fn synthesize(name: &str, out: &Path, seed: u64, dtype: &str) -> Result<()> 
         "f32" => DType::F32,
         "f16" => DType::F16,
         other => {
-            return Err(Error::input("--dtype", None, format!("{other:?}"), "use f32 or f16"))
+            return Err(Error::input(
+                "--dtype",
+                None,
+                format!("{other:?}"),
+                "use f32 or f16",
+            ))
         }
     };
     if out.exists() {
-        return Err(Error::input(out, None, "already exists", "choose a new --out folder"));
+        return Err(Error::input(
+            out,
+            None,
+            "already exists",
+            "choose a new --out folder",
+        ));
     }
     let tmp = out.with_extension("synth-tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    let parse = |v: &Value, what: &str| -> Result<_> {
-        serde_json::from_value(v.clone())
-            .map_err(|e| Error::Other(format!("internal {what} config for {name}: {e}")))
-    };
-    let unet_cfg: unet::UNetConfig = parse(&a.unet, "unet")?;
-    let vae_cfg: vae::VaeConfig = parse(&a.vae, "vae")?;
-    let clip_cfg: clip::ClipTextConfig = parse(&a.text_encoder, "text encoder")?;
+    let unet_cfg: unet::UNetConfig = parse(&a.unet, name)?;
+    let vae_cfg: vae::VaeConfig = parse(&a.vae, name)?;
+    let clip_cfg: clip::ClipTextConfig = parse(&a.text_encoder, name)?;
     let file = "diffusion_pytorch_model.safetensors";
-    write_component(&tmp.join("unet"), file, "config.json", &a.unet, seed, dtype, |vb| {
-        unet::UNet::new(vb, &unet_cfg).map(drop).map_err(Error::from)
-    })?;
-    write_component(&tmp.join("vae"), file, "config.json", &a.vae, seed + 1, dtype, |vb| {
-        vae::AutoencoderKl::new(vb, &vae_cfg).map(drop).map_err(Error::from)
-    })?;
-    write_component(&tmp.join("text_encoder"), "model.safetensors", "config.json", &a.text_encoder, seed + 2, dtype, |vb| {
-        clip::ClipTextModel::new(vb, &clip_cfg).map(drop).map_err(Error::from)
-    })?;
+    write_component(
+        &tmp.join("unet"),
+        file,
+        "config.json",
+        &a.unet,
+        seed,
+        dtype,
+        |vb| {
+            unet::UNet::new(vb, &unet_cfg)
+                .map(drop)
+                .map_err(Error::from)
+        },
+    )?;
+    write_component(
+        &tmp.join("vae"),
+        file,
+        "config.json",
+        &a.vae,
+        seed + 1,
+        dtype,
+        |vb| {
+            vae::AutoencoderKl::new(vb, &vae_cfg)
+                .map(drop)
+                .map_err(Error::from)
+        },
+    )?;
+    write_component(
+        &tmp.join("text_encoder"),
+        "model.safetensors",
+        "config.json",
+        &a.text_encoder,
+        seed + 2,
+        dtype,
+        |vb| {
+            clip::ClipTextModel::new(vb, &clip_cfg)
+                .map(drop)
+                .map_err(Error::from)
+        },
+    )?;
     std::fs::create_dir_all(tmp.join("scheduler")).map_err(|e| Error::io("scheduler", e))?;
     write_json(&tmp.join("scheduler/scheduler_config.json"), &a.scheduler)?;
     copy_tokenizer(&tmp.join("tokenizer"), a.pad_token)?;
@@ -190,8 +236,14 @@ pub fn synthesize(name: &str, out: &Path, seed: u64, dtype: &str) -> Result<()> 
 fn copy_tokenizer(dir: &Path, pad_token: &str) -> Result<()> {
     let src = ModelDir::bundled_tiny().join("tokenizer");
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
-    for f in ["tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json"] {
-        std::fs::copy(src.join(f), dir.join(f)).map_err(|e| Error::io(format!("copying {f}"), e))?;
+    for f in [
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "special_tokens_map.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f))
+            .map_err(|e| Error::io(format!("copying {f}"), e))?;
     }
     let mut cfg: Value = crate::model::read_json(&src.join("tokenizer_config.json"))?;
     cfg["pad_token"] = json!(pad_token);

@@ -15,7 +15,12 @@ pub struct Rect {
 
 impl Rect {
     pub fn scaled(self, f: usize) -> Rect {
-        Rect { y: self.y * f, x: self.x * f, h: self.h * f, w: self.w * f }
+        Rect {
+            y: self.y * f,
+            x: self.x * f,
+            h: self.h * f,
+            w: self.w * f,
+        }
     }
 
     pub fn contains(&self, other: &Rect) -> bool {

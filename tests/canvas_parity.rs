@@ -7,7 +7,7 @@ use common::*;
 use std::path::Path;
 use tessera::canvas::{self, CanvasJob, Conditioning, Window};
 use tessera::model::ModelDir;
-use tessera::noise::SeededNoise;
+use tessera::noise::{NoiseSource, SeededNoise};
 use tessera::pipeline;
 use tessera::plan::Plan;
 use tessera::progress::Progress;
@@ -38,7 +38,10 @@ weight = 0.8
 fn plan_of(spec_text: &str) -> (tessera::spec::Settings, Plan, ModelDir) {
     let path = Path::new("canvas.toml");
     let file = SpecFile::parse(spec_text, path).unwrap();
-    let o = Overrides { model: Some(tiny_model_dir()), ..Default::default() };
+    let o = Overrides {
+        model: Some(tiny_model_dir()),
+        ..Default::default()
+    };
     let settings = spec::resolve(Some((path, file)), &o).unwrap();
     let dir = ModelDir::open(tiny_model_dir()).unwrap();
     let plan = Plan::new(&settings, &pipeline::model_facts(&dir).unwrap()).unwrap();
@@ -46,29 +49,50 @@ fn plan_of(spec_text: &str) -> (tessera::spec::Settings, Plan, ModelDir) {
 }
 
 /// Run the canvas loop and compare every step with the fixture; returns the final latents.
-fn run_and_check(name: &str, f: &std::collections::HashMap<String, Tensor>, conds: &[Conditioning], windows: &[Window],
-    after: impl FnMut(usize, f64, &dyn scheduler::Scheduler, Tensor) -> tessera::Result<Tensor>) -> Tensor {
+fn run_and_check(
+    name: &str,
+    f: &std::collections::HashMap<String, Tensor>,
+    conds: &[Conditioning],
+    windows: &[Window],
+    after: impl FnMut(usize, f64, &dyn scheduler::Scheduler, Tensor) -> tessera::Result<Tensor>,
+) -> Tensor {
     let dir = ModelDir::open(tiny_model_dir()).unwrap();
     let cfg = dir.scheduler_config().unwrap();
     let mut sched = scheduler::build(SchedulerKind::Ddim, &cfg, 10).unwrap();
     let unet = dir.load_unet(DType::F32).unwrap();
-    let job = CanvasJob { unet: &unet, dtype: DType::F32, conds, windows, progress: Progress::default() };
+    let job = CanvasJob {
+        unet: &unet,
+        dtype: DType::F32,
+        conds,
+        windows,
+        progress: Progress::default(),
+    };
     let x = (get(f, "init_noise") * sched.init_noise_sigma()).unwrap();
     let step_latents = get(f, "step_latents");
     let mut after = after;
     let mut first = None;
-    let out = canvas::denoise(&job, sched.as_mut(), x, 0, &mut SeededNoise::new(0), |i, t, s, x| {
-        let x = after(i, t, s, x)?;
-        let reference = step_latents.i(i).unwrap();
-        let rel = max_abs_diff(&x, &reference) / max_abs(&reference).max(1.0);
-        eprintln!("{name} step {i}: rel diff {rel:.2e}");
-        if rel > 1e-3 && first.is_none() {
-            first = Some((i, rel));
-        }
-        Ok(x)
-    })
+    let out = canvas::denoise(
+        &job,
+        sched.as_mut(),
+        x,
+        0,
+        &mut SeededNoise::new(0),
+        |i, t, s, x| {
+            let x = after(i, t, s, x)?;
+            let reference = step_latents.i(i).unwrap();
+            let rel = max_abs_diff(&x, &reference) / max_abs(&reference).max(1.0);
+            eprintln!("{name} step {i}: rel diff {rel:.2e}");
+            if rel > 1e-3 && first.is_none() {
+                first = Some((i, rel));
+            }
+            Ok(x)
+        },
+    )
     .unwrap();
-    assert!(first.is_none(), "{name}: first diverging step (index, rel diff): {first:?}");
+    assert!(
+        first.is_none(),
+        "{name}: first diverging step (index, rel diff): {first:?}"
+    );
     let reference = get(f, "final_latents");
     let rel = max_abs_diff(&out, &reference) / max_abs(&reference);
     eprintln!("{name}: final latents rel diff {rel:.2e}");
@@ -80,11 +104,25 @@ fn run_and_check(name: &str, f: &std::collections::HashMap<String, Tensor>, cond
 fn f1_two_text_regions_match_mixture_canvas() {
     let f = fixture("f1_canvas");
     let (settings, plan, dir) = plan_of(F1_SPEC);
-    assert_eq!(plan.windows.len(), 2, "each region is one window of its own size");
+    assert_eq!(
+        plan.windows.len(),
+        2,
+        "each region is one window of its own size"
+    );
     for (k, w) in plan.windows.iter().enumerate() {
-        let coords: Vec<i64> = get(&f, &format!("t2i.{k}.latent_coords")).to_vec1().unwrap();
+        let coords: Vec<i64> = get(&f, &format!("t2i.{k}.latent_coords"))
+            .to_vec1()
+            .unwrap();
         let r = w.rect;
-        assert_eq!(coords, vec![r.y as i64, (r.y + r.h) as i64, r.x as i64, (r.x + r.w) as i64]);
+        assert_eq!(
+            coords,
+            vec![
+                r.y as i64,
+                (r.y + r.h) as i64,
+                r.x as i64,
+                (r.x + r.w) as i64
+            ]
+        );
     }
     let windows = pipeline::realize_windows(&plan.windows).unwrap();
     for (k, w) in windows.iter().enumerate() {
@@ -93,7 +131,12 @@ fn f1_two_text_regions_match_mixture_canvas() {
     }
     let conds = pipeline::encode_prompts(&dir, DType::F32, &plan.prompts).unwrap();
     for (k, c) in conds.iter().enumerate() {
-        assert_close(&format!("f1 region {k} embeddings"), &c.embeddings, &get(&f, &format!("t2i.{k}.prompt_embeds")), 1e-4);
+        assert_close(
+            &format!("f1 region {k} embeddings"),
+            &c.embeddings,
+            &get(&f, &format!("t2i.{k}.prompt_embeds")),
+            1e-4,
+        );
     }
     let _ = settings;
     run_and_check("f1", &f, &conds, &windows, |_, _, _, x| Ok(x));
@@ -104,17 +147,39 @@ fn f1_through_the_cli_with_init_noise() {
     let f = fixture("f1_canvas");
     let tmp = tempfile::tempdir().unwrap();
     let spec = tmp.path().join("canvas.toml");
-    std::fs::write(&spec, format!("model = {:?}\n{F1_SPEC}", tiny_model_dir().display().to_string())).unwrap();
+    std::fs::write(
+        &spec,
+        format!(
+            "model = {:?}\n{F1_SPEC}",
+            tiny_model_dir().display().to_string()
+        ),
+    )
+    .unwrap();
     let noise = tmp.path().join("noise.safetensors");
-    candle_core::safetensors::save(&[("noise".to_string(), get(&f, "init_noise"))].into_iter().collect(), &noise).unwrap();
+    candle_core::safetensors::save(
+        &[("noise".to_string(), get(&f, "init_noise"))]
+            .into_iter()
+            .collect(),
+        &noise,
+    )
+    .unwrap();
     let latents = tmp.path().join("latents.safetensors");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["render", spec.to_str().unwrap(), "--init-noise", noise.to_str().unwrap(), "--save-latents", latents.to_str().unwrap()])
+        .args([
+            "render",
+            spec.to_str().unwrap(),
+            "--init-noise",
+            noise.to_str().unwrap(),
+            "--save-latents",
+            latents.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(tmp.path().join("canvas.png").is_file());
-    let got = candle_core::safetensors::load(&latents, &candle_core::Device::Cpu).unwrap()["latents"].clone();
+    let got = candle_core::safetensors::load(&latents, &candle_core::Device::Cpu).unwrap()
+        ["latents"]
+        .clone();
     let reference = get(&f, "final_latents");
     let rel = max_abs_diff(&got, &reference) / max_abs(&reference);
     eprintln!("f1 via CLI: final latents rel diff {rel:.2e}");
@@ -129,14 +194,36 @@ fn f2_tiling_grid_and_weights_match_mixture_tiling() {
     let mut conds = Vec::new();
     let mut windows = Vec::new();
     // Upstream tiling quirk: the y midpoint is h/2 (canvas semantics use (h-1)/2 on both axes).
-    let quirk = tiles::outer(&tiles::gaussian_1d(16, 8.0), &tiles::gaussian_1d(16, 7.5), 1.0).unwrap();
+    let quirk = tiles::outer(
+        &tiles::gaussian_1d(16, 8.0),
+        &tiles::gaussian_1d(16, 7.5),
+        1.0,
+    )
+    .unwrap();
     assert!(max_abs_diff(&quirk, &get(&f, "tile_weights_f64")) <= 1e-12);
     for (k, rect) in grid.iter().enumerate() {
         let (row, col) = (k / 2, k % 2);
-        let coords: Vec<i64> = get(&f, &format!("tile.{row}.{col}.latent_coords")).to_vec1().unwrap();
-        assert_eq!(coords, vec![rect.y as i64, (rect.y + 16) as i64, rect.x as i64, (rect.x + 16) as i64]);
-        conds.push(Conditioning { embeddings: get(&f, &format!("tile.{row}.{col}.prompt_embeds")), guidance: 7.5 });
-        windows.push(Window { rect: *rect, cond: k, weights: quirk.clone() });
+        let coords: Vec<i64> = get(&f, &format!("tile.{row}.{col}.latent_coords"))
+            .to_vec1()
+            .unwrap();
+        assert_eq!(
+            coords,
+            vec![
+                rect.y as i64,
+                (rect.y + 16) as i64,
+                rect.x as i64,
+                (rect.x + 16) as i64
+            ]
+        );
+        conds.push(Conditioning {
+            embeddings: get(&f, &format!("tile.{row}.{col}.prompt_embeds")),
+            guidance: 7.5,
+        });
+        windows.push(Window {
+            rect: *rect,
+            cond: k,
+            weights: quirk.clone(),
+        });
     }
     run_and_check("f2", &f, &conds, &windows, |_, _, _, x| Ok(x));
 }
@@ -162,22 +249,45 @@ guidance = 7.5
     let (_, plan, _) = plan_of(spec);
     let windows = pipeline::realize_windows(&plan.windows).unwrap();
     let conds = pipeline::encode_prompts(&dir, DType::F32, &plan.prompts).unwrap();
-    assert_close("f3 embeddings", &conds[0].embeddings, &get(&f, "t2i.0.prompt_embeds"), 1e-4);
+    assert_close(
+        "f3 embeddings",
+        &conds[0].embeddings,
+        &get(&f, "t2i.0.prompt_embeds"),
+        1e-4,
+    );
     // The reference samples its latent distribution with stored noise (tessera's CLI uses the mean).
     let vae = dir.load_vae(DType::F32).unwrap();
     let dist = vae.encode(&get(&f, "i2i.0.image")).unwrap();
-    let sampled = (&dist.mean + (dist.std().unwrap() * get(&f, "i2i.0.sample_noise")).unwrap()).unwrap();
+    let sampled =
+        (&dist.mean + (dist.std().unwrap() * get(&f, "i2i.0.sample_noise")).unwrap()).unwrap();
     let reference = (sampled * 0.18215).unwrap();
-    assert_close("f3 reference latents", &reference, &get(&f, "i2i.0.ref_latents"), 1e-4);
-    let sched = scheduler::build(SchedulerKind::Ddim, &dir.scheduler_config().unwrap(), 10).unwrap();
-    let latest = pipeline::latest_timestep(sched.as_ref(), &dir.scheduler_config().unwrap(), 10, 0.5);
-    assert_eq!(latest, get(&f, "i2i.0.latest_timestep").to_scalar::<i64>().unwrap() as f64);
-    let rect = Rect { y: 8, x: 16, h: 16, w: 16 };
+    assert_close(
+        "f3 reference latents",
+        &reference,
+        &get(&f, "i2i.0.ref_latents"),
+        1e-4,
+    );
+    let sched =
+        scheduler::build(SchedulerKind::Ddim, &dir.scheduler_config().unwrap(), 10).unwrap();
+    let latest =
+        pipeline::latest_timestep(sched.as_ref(), &dir.scheduler_config().unwrap(), 10, 0.5);
+    assert_eq!(
+        latest,
+        get(&f, "i2i.0.latest_timestep").to_scalar::<i64>().unwrap() as f64
+    );
+    let rect = Rect {
+        y: 8,
+        x: 16,
+        h: 16,
+        w: 16,
+    };
     let coords: Vec<i64> = get(&f, "i2i.0.latent_coords").to_vec1().unwrap();
     assert_eq!(coords, vec![8, 24, 16, 32]);
     let regions = vec![(rect, reference, latest)];
     let init = get(&f, "init_noise");
-    run_and_check("f3", &f, &conds, &windows, |_, t, s, x| pipeline::apply_image_regions(s, &regions, &init, t, x));
+    run_and_check("f3", &f, &conds, &windows, |_, t, s, x| {
+        pipeline::apply_image_regions(s, &regions, &init, t, x)
+    });
 }
 
 #[test]
@@ -190,9 +300,23 @@ fn one_window_canvas_equals_plain_txt2img_exactly() {
     let cfg = dir.scheduler_config().unwrap();
     let x = SeededNoise::new(1).noise(&(1, 4, 16, 16).into()).unwrap();
     let windows = pipeline::realize_windows(&plan.windows).unwrap();
-    let job = CanvasJob { unet: &unet, dtype: DType::F32, conds: &conds, windows: &windows, progress: Progress::default() };
+    let job = CanvasJob {
+        unet: &unet,
+        dtype: DType::F32,
+        conds: &conds,
+        windows: &windows,
+        progress: Progress::default(),
+    };
     let mut s1 = scheduler::build(SchedulerKind::Ddim, &cfg, 3).unwrap();
-    let a = canvas::denoise(&job, s1.as_mut(), x.clone(), 0, &mut SeededNoise::new(0), |_, _, _, x| Ok(x)).unwrap();
+    let a = canvas::denoise(
+        &job,
+        s1.as_mut(),
+        x.clone(),
+        0,
+        &mut SeededNoise::new(0),
+        |_, _, _, x| Ok(x),
+    )
+    .unwrap();
     // Plain txt2img by hand: guided eps and a scheduler step, nothing else.
     let mut s2 = scheduler::build(SchedulerKind::Ddim, &cfg, 3).unwrap();
     let mut y = x;

@@ -22,7 +22,9 @@ fn render_with_init_noise_reproduces_diffusers_ddim() {
     let tmp = tempfile::tempdir().unwrap();
     let noise = tmp.path().join("noise.safetensors");
     candle_core::safetensors::save(
-        &[("noise".to_string(), get(&f, "init_latents"))].into_iter().collect(),
+        &[("noise".to_string(), get(&f, "init_latents"))]
+            .into_iter()
+            .collect(),
         &noise,
     )
     .unwrap();
@@ -30,13 +32,34 @@ fn render_with_init_noise_reproduces_diffusers_ddim() {
     let png = tmp.path().join("cat.png");
     let model = tiny_model_dir();
     let o = tessera(&[
-        "render", "--model", model.to_str().unwrap(), "--prompt", "a photo of a cat", "--negative", "",
-        "--width", "128", "--height", "128", "--steps", "10", "--guidance", "7.5", "--scheduler", "ddim",
-        "--init-noise", noise.to_str().unwrap(), "--save-latents", latents.to_str().unwrap(),
-        "--out", png.to_str().unwrap(),
+        "render",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a photo of a cat",
+        "--negative",
+        "",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        "--steps",
+        "10",
+        "--guidance",
+        "7.5",
+        "--scheduler",
+        "ddim",
+        "--init-noise",
+        noise.to_str().unwrap(),
+        "--save-latents",
+        latents.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "render failed: {}", stderr(&o));
-    let got = candle_core::safetensors::load(&latents, &candle_core::Device::Cpu).unwrap()["latents"].clone();
+    let got = candle_core::safetensors::load(&latents, &candle_core::Device::Cpu).unwrap()
+        ["latents"]
+        .clone();
     let reference = get(&f, "final_latents");
     let rel = max_abs_diff(&got, &reference) / max_abs(&reference);
     eprintln!("CLI ddim final latents rel diff {rel:.2e}");
@@ -45,7 +68,10 @@ fn render_with_init_noise_reproduces_diffusers_ddim() {
     assert_eq!((img.width(), img.height()), (128, 128));
     let bytes = std::fs::read(&png).unwrap();
     let text = String::from_utf8_lossy(&bytes);
-    assert!(text.contains("parameters") && text.contains("Seed: 0"), "PNG lacks the parameters chunk");
+    assert!(
+        text.contains("parameters") && text.contains("Seed: 0"),
+        "PNG lacks the parameters chunk"
+    );
 }
 
 fn expect_input_error(args: &[&str], must_name: &[&str]) {
@@ -54,7 +80,10 @@ fn expect_input_error(args: &[&str], must_name: &[&str]) {
     assert_eq!(o.status.code(), Some(2), "args {args:?}: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
     for word in must_name {
-        assert!(err.contains(word), "error for {args:?} should name {word:?}: {err}");
+        assert!(
+            err.contains(word),
+            "error for {args:?} should name {word:?}: {err}"
+        );
     }
     assert!(err.contains("fix:"), "error should say the fix: {err}");
 }
@@ -86,7 +115,16 @@ fn bad_input_exits_2_naming_file_field_and_fix() {
 fn model_info_and_synth_agree_on_the_tiny_architecture() {
     let tmp = tempfile::tempdir().unwrap();
     let synth = tmp.path().join("tiny");
-    let o = tessera(&["model", "synth", "--arch", "tiny", "--out", synth.to_str().unwrap(), "--seed", "5"]);
+    let o = tessera(&[
+        "model",
+        "synth",
+        "--arch",
+        "tiny",
+        "--out",
+        synth.to_str().unwrap(),
+        "--seed",
+        "5",
+    ]);
     assert!(o.status.success(), "synth failed: {}", stderr(&o));
     let info = |dir: &Path| -> serde_json::Value {
         let o = tessera(&["model", "info", dir.to_str().unwrap(), "--json"]);
@@ -95,13 +133,29 @@ fn model_info_and_synth_agree_on_the_tiny_architecture() {
     };
     let (a, b) = (info(&tiny_model_dir()), info(&synth));
     for part in ["unet", "vae", "text_encoder"] {
-        assert_eq!(a[part]["parameters"], b[part]["parameters"], "{part} parameter count");
+        assert_eq!(
+            a[part]["parameters"], b[part]["parameters"],
+            "{part} parameter count"
+        );
     }
     let png = tmp.path().join("one.png");
     let o = tessera(&[
-        "render", "--model", synth.to_str().unwrap(), "--steps", "1", "--width", "64", "--height", "64",
-        "--out", png.to_str().unwrap(),
+        "render",
+        "--model",
+        synth.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--out",
+        png.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "render on synthesized model failed: {}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "render on synthesized model failed: {}",
+        stderr(&o)
+    );
     assert!(png.is_file());
 }

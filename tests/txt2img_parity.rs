@@ -5,13 +5,13 @@ mod common;
 use candle_core::{DType, IndexOp, Tensor};
 use common::*;
 use tessera::canvas::{self, CanvasJob, Conditioning, Window};
-use tessera::tiles::Rect;
 use tessera::model::ModelDir;
 use tessera::noise::{NoiseSource, ReplayNoise, SeededNoise};
 use tessera::pipeline;
 use tessera::progress::Progress;
 use tessera::scheduler::{self, SchedulerConfig, SchedulerKind};
 use tessera::spec::TextPrompt;
+use tessera::tiles::Rect;
 
 fn run_case(name: &str, kind: SchedulerKind) {
     let f = fixture(name);
@@ -20,11 +20,23 @@ fn run_case(name: &str, kind: SchedulerKind) {
     let dir = ModelDir::open(tiny_model_dir()).unwrap();
 
     // Prompt encoding through our tokenizer and text encoder.
-    let prompt = TextPrompt { text: "a photo of a cat".into(), negative: String::new(), guidance: 7.5 };
+    let prompt = TextPrompt {
+        text: "a photo of a cat".into(),
+        negative: String::new(),
+        guidance: 7.5,
+    };
     let conds = pipeline::encode_prompts(&dir, DType::F32, &[prompt]).unwrap();
-    assert_close(&format!("{name} prompt_embeds"), &conds[0].embeddings, &get(&f, "prompt_embeds"), 1e-4);
+    assert_close(
+        &format!("{name} prompt_embeds"),
+        &conds[0].embeddings,
+        &get(&f, "prompt_embeds"),
+        1e-4,
+    );
     // The loop runs on the reference embeddings so each stage is judged on its own.
-    let conds = vec![Conditioning { embeddings: get(&f, "prompt_embeds"), guidance: 7.5 }];
+    let conds = vec![Conditioning {
+        embeddings: get(&f, "prompt_embeds"),
+        guidance: 7.5,
+    }];
 
     let mut sched = scheduler::build(kind, &config, 10).unwrap();
     let ref_t: Vec<f32> = get(&f, "timesteps").to_vec1().unwrap();
@@ -33,33 +45,63 @@ fn run_case(name: &str, kind: SchedulerKind) {
 
     let latents = (get(&f, "init_latents") * sched.init_noise_sigma()).unwrap();
     let unet = dir.load_unet(DType::F32).unwrap();
-    let whole = Rect { y: 0, x: 0, h: 16, w: 16 };
-    let windows = [Window { rect: whole, cond: 0, weights: Tensor::ones((16, 16), DType::F64, &candle_core::Device::Cpu).unwrap() }];
-    let job = CanvasJob { unet: &unet, dtype: DType::F32, conds: &conds, windows: &windows, progress: Progress::default() };
+    let whole = Rect {
+        y: 0,
+        x: 0,
+        h: 16,
+        w: 16,
+    };
+    let windows = [Window {
+        rect: whole,
+        cond: 0,
+        weights: Tensor::ones((16, 16), DType::F64, &candle_core::Device::Cpu).unwrap(),
+    }];
+    let job = CanvasJob {
+        unet: &unet,
+        dtype: DType::F32,
+        conds: &conds,
+        windows: &windows,
+        progress: Progress::default(),
+    };
     let mut noise: Box<dyn NoiseSource> = match f.get("step_noises") {
         Some(n) => Box::new(ReplayNoise::new((0..10).map(|i| n.i(i).unwrap()))),
         None => Box::new(SeededNoise::new(0)),
     };
     let step_latents = get(&f, "step_latents");
     let mut first_divergence = None;
-    let out = canvas::denoise(&job, sched.as_mut(), latents, 0, noise.as_mut(), |i, _, _, x| {
-        let reference = step_latents.i(i).unwrap();
-        let rel = max_abs_diff(&x, &reference) / max_abs(&reference).max(1.0);
-        eprintln!("{name} step {i}: rel diff {rel:.2e}");
-        if rel > 1e-3 && first_divergence.is_none() {
-            first_divergence = Some((i, rel));
-        }
-        Ok(x)
-    })
+    let out = canvas::denoise(
+        &job,
+        sched.as_mut(),
+        latents,
+        0,
+        noise.as_mut(),
+        |i, _, _, x| {
+            let reference = step_latents.i(i).unwrap();
+            let rel = max_abs_diff(&x, &reference) / max_abs(&reference).max(1.0);
+            eprintln!("{name} step {i}: rel diff {rel:.2e}");
+            if rel > 1e-3 && first_divergence.is_none() {
+                first_divergence = Some((i, rel));
+            }
+            Ok(x)
+        },
+    )
     .unwrap();
-    assert!(first_divergence.is_none(), "{name}: first diverging step (index, rel diff): {first_divergence:?}");
+    assert!(
+        first_divergence.is_none(),
+        "{name}: first diverging step (index, rel diff): {first_divergence:?}"
+    );
     let final_ref = get(&f, "final_latents");
     let rel = max_abs_diff(&out, &final_ref) / max_abs(&final_ref);
     eprintln!("{name}: final latents rel diff {rel:.2e}");
     assert!(rel <= 1e-3, "{name}: final latents rel diff {rel:e}");
 
     let decoded = pipeline::decode(&dir, &final_ref, DType::F32).unwrap();
-    assert_close(&format!("{name} vae_decoded"), &decoded, &get(&f, "vae_decoded"), 1e-4);
+    assert_close(
+        &format!("{name} vae_decoded"),
+        &decoded,
+        &get(&f, "vae_decoded"),
+        1e-4,
+    );
 }
 
 #[test]

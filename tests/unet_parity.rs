@@ -8,7 +8,10 @@ use tessera::model::ModelDir;
 #[test]
 fn unet_matches_diffusers_at_three_timesteps_and_two_shapes() {
     let f = fixture("c_unet");
-    let unet = ModelDir::open(tiny_model_dir()).unwrap().load_unet(DType::F32).unwrap();
+    let unet = ModelDir::open(tiny_model_dir())
+        .unwrap()
+        .load_unet(DType::F32)
+        .unwrap();
     for case in ["b2_8x8", "b1_16x24"] {
         let sample = get(&f, &format!("{case}.sample"));
         let ehs = get(&f, &format!("{case}.encoder_hidden_states"));

@@ -33,7 +33,12 @@ fn component(dir: &ModelDir, name: &str, stem: &str) -> Result<ComponentInfo> {
     let map = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| Error::io(path.display().to_string(), e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
-        Error::input(&path, None, format!("not a safetensors file: {e}"), "re-download it")
+        Error::input(
+            &path,
+            None,
+            format!("not a safetensors file: {e}"),
+            "re-download it",
+        )
     })?;
     let mut info = ComponentInfo {
         file: path.display().to_string(),
@@ -44,7 +49,10 @@ fn component(dir: &ModelDir, name: &str, stem: &str) -> Result<ComponentInfo> {
     for tensor in meta.tensors().values() {
         let n: u64 = tensor.shape.iter().map(|&d| d as u64).product();
         info.parameters += n;
-        *info.dtypes.entry(format!("{:?}", tensor.dtype)).or_default() += n;
+        *info
+            .dtypes
+            .entry(format!("{:?}", tensor.dtype))
+            .or_default() += n;
     }
     Ok(info)
 }
@@ -73,7 +81,11 @@ impl fmt::Display for ModelInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "family:          {}", self.family)?;
         writeln!(f, "native size:     {0}x{0} px", self.native_size)?;
-        writeln!(f, "scheduler:       {} ({})", self.scheduler, self.prediction_type)?;
+        writeln!(
+            f,
+            "scheduler:       {} ({})",
+            self.scheduler, self.prediction_type
+        )?;
         for (name, c) in [
             ("unet", &self.unet),
             ("vae", &self.vae),

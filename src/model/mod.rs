@@ -117,7 +117,12 @@ impl ModelDir {
         // SAFETY: the file is mapped read-only and not modified while tessera runs.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&path], dtype, &Device::Cpu) }
             .map_err(|e| {
-                Error::input(&path, None, format!("cannot read weights: {e}"), "re-download it")
+                Error::input(
+                    &path,
+                    None,
+                    format!("cannot read weights: {e}"),
+                    "re-download it",
+                )
             })?;
         Ok(vb)
     }

@@ -137,7 +137,13 @@ impl UNetConfig {
             if !(cross || ty == "DownBlock2D") {
                 return unsupported("down_block_types", format!("block type {ty:?}"));
             }
-            if up != if cross { "CrossAttnUpBlock2D" } else { "UpBlock2D" } {
+            if up
+                != if cross {
+                    "CrossAttnUpBlock2D"
+                } else {
+                    "UpBlock2D"
+                }
+            {
                 return unsupported(
                     "up_block_types",
                     format!("up block {up:?} does not mirror down block {ty:?}"),

@@ -59,7 +59,10 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 pub fn assert_close(what: &str, got: &Tensor, reference: &Tensor, tol: f64) -> f64 {
     let diff = max_abs_diff(got, reference);
     let scale = max_abs(reference).max(1.0);
-    eprintln!("{what}: max|diff| = {diff:.3e} (scale {scale:.3}, bound {:.3e})", tol * scale);
+    eprintln!(
+        "{what}: max|diff| = {diff:.3e} (scale {scale:.3}, bound {:.3e})",
+        tol * scale
+    );
     assert!(
         diff <= tol * scale,
         "{what}: max|diff| = {diff:e} exceeds {tol:e} * {scale}"
