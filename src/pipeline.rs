@@ -364,7 +364,7 @@ fn png_text(s: &Settings, plan: &Plan, kind: SchedulerKind) -> Vec<(&'static str
         "{prompt}\nNegative prompt: {negative}\nSteps: {}, Sampler: {}, CFG scale: {guidance}, Seed: {}, Size: {}x{}, Model: {model}",
         s.steps, kind.name(), s.seed, plan.width, plan.height
     );
-    let spec = s.to_spec_file(plan.width, plan.height, kind);
+    let spec = s.to_spec_file((plan.width, plan.height), (plan.window, plan.overlap), kind);
     let spec = toml::to_string(&spec).unwrap_or_default();
     vec![
         ("parameters", parameters),

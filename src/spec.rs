@@ -345,7 +345,13 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
 impl Settings {
     /// The resolved settings written back as a spec (stored in output PNGs, so a render can be
     /// reproduced and checked from its own metadata).
-    pub fn to_spec_file(&self, width: usize, height: usize, scheduler: SchedulerKind) -> SpecFile {
+    /// `window` and `overlap` are the planned ones, so the file needs no model to re-plan.
+    pub fn to_spec_file(
+        &self,
+        (width, height): (usize, usize),
+        (window, overlap): ((usize, usize), usize),
+        scheduler: SchedulerKind,
+    ) -> SpecFile {
         let path = |p: &Path| p.display().to_string();
         SpecFile {
             model: Some(path(&self.model)),
@@ -363,8 +369,8 @@ impl Settings {
                 guidance: Some(p.guidance),
             }),
             tiles: Some(TilesTable {
-                size: self.tiles.size.map(|(w, h)| Size::WidthHeight([w, h])),
-                overlap: self.tiles.overlap,
+                size: Some(Size::WidthHeight([window.0, window.1])),
+                overlap: Some(overlap),
                 mask: Some(self.tiles.mask),
             }),
             regions: self
