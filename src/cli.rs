@@ -179,6 +179,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if let Some(guide) = &report.guide {
                 eprintln!("guide: {}", guide.display());
             }
+            eprint!("{}", report.phases);
             eprintln!(
                 "wrote {} ({}x{}, {}, {} windows per step, {} UNet evaluations)",
                 report.output.display(),

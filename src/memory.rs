@@ -29,3 +29,55 @@ pub fn reset_peak() -> bool {
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
+
+/// Peak RSS and wall time of each phase of a render.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PhaseReport {
+    pub phases: Vec<Phase>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub seconds: f64,
+    pub peak_rss_bytes: u64,
+}
+
+impl PhaseReport {
+    /// Run `f` as phase `name`: the peak is reset first, so it is this phase's own.
+    pub fn run<T>(&mut self, name: &str, f: impl FnOnce() -> crate::Result<T>) -> crate::Result<T> {
+        reset_peak();
+        let start = std::time::Instant::now();
+        let out = f()?;
+        self.phases.push(Phase {
+            name: name.to_string(),
+            seconds: start.elapsed().as_secs_f64(),
+            peak_rss_bytes: peak_rss_bytes(),
+        });
+        Ok(out)
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.phases
+            .iter()
+            .map(|p| p.peak_rss_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for PhaseReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{:<16} {:>9} {:>12}", "phase", "time", "peak RSS")?;
+        for p in &self.phases {
+            writeln!(
+                f,
+                "{:<16} {:>8.1}s {:>12}",
+                p.name,
+                p.seconds,
+                mib(p.peak_rss_bytes)
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -2,6 +2,7 @@
 //! output. Each model lives only inside the phase that needs it.
 
 use crate::canvas::{self, CanvasJob, Conditioning, Window};
+use crate::memory::PhaseReport;
 use crate::model::{unet::UNet, ModelDir};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::plan::{GuidePlan, ModelFacts, Plan, PlannedWindow};
@@ -19,6 +20,7 @@ pub struct RenderReport {
     pub guide: Option<PathBuf>,
     pub plan: Plan,
     pub scheduler: SchedulerKind,
+    pub phases: PhaseReport,
 }
 
 /// Shared state of one render: model folder, settings, scheduler choice, progress.
@@ -31,9 +33,12 @@ pub struct Render<'a> {
 }
 
 pub fn render(s: &Settings, progress: Progress) -> Result<RenderReport> {
+    let mut phases = PhaseReport::default();
     let dir = ModelDir::open(&s.model)?;
     let plan = Plan::new(s, &model_facts(&dir)?)?;
-    let conds = encode_prompts(&dir, s.dtype, &plan.prompts)?;
+    let conds = phases.run("encode prompts", || {
+        encode_prompts(&dir, s.dtype, &plan.prompts)
+    })?;
     let r = Render {
         kind: scheduler_kind(&dir, s)?,
         sched_config: dir.scheduler_config()?,
@@ -42,17 +47,18 @@ pub fn render(s: &Settings, progress: Progress) -> Result<RenderReport> {
         progress,
     };
     let unet = r.dir.load_unet(conv_dtype(s.dtype, &progress))?;
-    let guide = plan
-        .guide
-        .as_ref()
-        .map(|g| r.guide_pass(&unet, &plan, g, &conds))
-        .transpose()?;
-    let latents = r.canvas_pass(&unet, &plan, &conds, guide.as_ref().map(|g| &g.0))?;
+    let guide = match &plan.guide {
+        Some(g) => Some(phases.run("guide pass", || r.guide_pass(&unet, &plan, g, &conds))?),
+        None => None,
+    };
+    let latents = phases.run("canvas denoise", || {
+        r.canvas_pass(&unet, &plan, &conds, guide.as_ref().map(|g| &g.0))
+    })?;
     drop(unet);
     if let Some(path) = &s.save_latents {
         output::save_tensors(path, &[("latents", &latents)])?;
     }
-    let image = decode(&r.dir, &latents, s.dtype)?;
+    let image = phases.run("decode", || decode(&r.dir, &latents, s.dtype))?;
     output::save_png(
         &s.output,
         &imageio::tensor_to_rgb(&image)?,
@@ -63,6 +69,7 @@ pub fn render(s: &Settings, progress: Progress) -> Result<RenderReport> {
         guide: guide.and_then(|g| g.1),
         plan,
         scheduler: r.kind,
+        phases,
     })
 }
 
