@@ -3,9 +3,16 @@
 //! Every scheduler works on the whole canvas latent at once (the canvas scheduler calls `step`
 //! once per timestep), so multistep solvers keep their history per canvas, not per tile.
 
+pub mod ddim;
+pub mod dpm_solver;
+pub mod euler;
+pub mod schedule;
+
 use crate::noise::NoiseSource;
+use crate::Error;
 use candle_core::{Result, Tensor};
 use serde::Deserialize;
+use std::path::Path;
 
 /// The diffusers scheduler config fields tessera honours (unknown fields are ignored, as
 /// diffusers does when a config is shared between scheduler classes).
@@ -128,4 +135,33 @@ pub trait Scheduler {
     ) -> Result<Tensor>;
     /// Noise clean latents `original` to the level of `timestep` (img2img, image regions).
     fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor>;
+    /// Start the schedule at timestep index `index` (img2img / the hi-res pass).
+    fn set_begin_index(&mut self, index: usize);
+}
+
+impl SchedulerConfig {
+    pub fn from_file(path: &Path) -> crate::Result<Self> {
+        crate::model::read_json(path)
+    }
+}
+
+/// A scheduler of `kind` set for `steps` inference steps, configured like diffusers'
+/// `from_config` (beta schedule, spacing, offset and prediction type come from `config`).
+pub fn build(
+    kind: SchedulerKind,
+    config: &SchedulerConfig,
+    steps: usize,
+) -> crate::Result<Box<dyn Scheduler>> {
+    if steps == 0 || steps > config.num_train_timesteps {
+        return Err(Error::Other(format!(
+            "{steps} steps: use between 1 and {} (the model's training timesteps)",
+            config.num_train_timesteps
+        )));
+    }
+    Ok(match kind {
+        SchedulerKind::Ddim => Box::new(ddim::Ddim::new(config, steps)),
+        SchedulerKind::Euler => Box::new(euler::Euler::new(config, steps, false)),
+        SchedulerKind::EulerAncestral => Box::new(euler::Euler::new(config, steps, true)),
+        SchedulerKind::DpmPlusPlus2M => Box::new(dpm_solver::DpmSolver2M::new(config, steps)),
+    })
 }

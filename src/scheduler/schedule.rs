@@ -1,0 +1,103 @@
+//! What all schedulers share: the training noise schedule (betas, ᾱ) and the placement of
+//! inference timesteps (`timestep_spacing`), computed with diffusers' precision (f32 tensors,
+//! f64 NumPy where diffusers uses NumPy).
+
+use super::{BetaSchedule, SchedulerConfig, TimestepSpacing};
+
+/// ᾱ_t = Π(1 - β), accumulated in f32 as torch does.
+pub fn alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f32> {
+    let n = cfg.num_train_timesteps;
+    let lin = |a: f64, b: f64, i: usize| -> f64 {
+        if n == 1 {
+            a
+        } else {
+            a + (b - a) * i as f64 / (n - 1) as f64
+        }
+    };
+    let betas: Vec<f32> = (0..n)
+        .map(|i| match cfg.beta_schedule {
+            BetaSchedule::Linear => lin(cfg.beta_start, cfg.beta_end, i) as f32,
+            BetaSchedule::ScaledLinear => {
+                let s = lin(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), i) as f32;
+                s * s
+            }
+        })
+        .collect();
+    let mut acc = 1.0f32;
+    betas
+        .iter()
+        .map(|b| {
+            acc *= 1.0 - b;
+            acc
+        })
+        .collect()
+}
+
+/// Karras-style sigmas `sqrt((1-ᾱ)/ᾱ)` for every training timestep (f32, as diffusers).
+pub fn train_sigmas(alphas_cumprod: &[f32]) -> Vec<f32> {
+    alphas_cumprod
+        .iter()
+        .map(|a| ((1.0 - a) / a).sqrt())
+        .collect()
+}
+
+/// DDIM / Euler timesteps for `steps` inference steps (descending).
+pub fn spaced_timesteps(cfg: &SchedulerConfig, steps: usize) -> Vec<f64> {
+    let n = cfg.num_train_timesteps;
+    match cfg.timestep_spacing {
+        TimestepSpacing::Leading => {
+            let ratio = n / steps;
+            (0..steps)
+                .rev()
+                .map(|i| (i * ratio + cfg.steps_offset) as f64)
+                .collect()
+        }
+        TimestepSpacing::Linspace => linspace(0.0, (n - 1) as f64, steps)
+            .into_iter()
+            .rev()
+            .collect(),
+        TimestepSpacing::Trailing => {
+            let ratio = n as f64 / steps as f64;
+            (0..steps)
+                .map(|i| (n as f64 - i as f64 * ratio).round() - 1.0)
+                .collect()
+        }
+    }
+}
+
+/// NumPy's `linspace(a, b, n)`.
+pub fn linspace(a: f64, b: f64, n: usize) -> Vec<f64> {
+    if n == 1 {
+        return vec![a];
+    }
+    let step = (b - a) / (n - 1) as f64;
+    let mut v: Vec<f64> = (0..n).map(|i| a + i as f64 * step).collect();
+    v[n - 1] = b;
+    v
+}
+
+/// NumPy's `interp(x, arange(len(ys)), ys)`.
+pub fn interp(x: f64, ys: &[f32]) -> f64 {
+    let x = x.clamp(0.0, (ys.len() - 1) as f64);
+    let i = (x.floor() as usize).min(ys.len() - 2);
+    let f = x - i as f64;
+    ys[i] as f64 + (ys[i + 1] as f64 - ys[i] as f64) * f
+}
+
+/// Index of `t` in `timesteps` the way diffusers' `index_for_timestep` finds it (the second
+/// match when there are two, so img2img starting mid-schedule does not repeat a sigma).
+pub fn index_for(timesteps: &[f64], t: f64) -> usize {
+    let hits: Vec<usize> = (0..timesteps.len())
+        .filter(|&i| timesteps[i] == t)
+        .collect();
+    match hits.len() {
+        0 => timesteps
+            .iter()
+            .enumerate()
+            .min_by(|a, b| (a.1 - t).abs().total_cmp(&(b.1 - t).abs()))
+            .map(|(i, _)| i)
+            .unwrap_or(0),
+        1 => hits[0],
+        _ => hits[1],
+    }
+}
