@@ -1,13 +1,8 @@
-//! The denoising UNet, configured from a diffusers `unet/config.json`.
-//!
-//! The network itself is candle-transformers' `UNet2DConditionModel`; this file maps every
-//! architecture number of the diffusers config onto it (no per-family presets) and rejects the
-//! features it does not implement with a clear message instead of loading wrong weights.
+//! The UNet's config, read from a diffusers `unet/config.json` (no per-family presets); the
+//! features tessera does not implement are rejected with a clear message instead of loading
+//! wrong weights.
 
 use crate::{Error, Result};
-use candle_transformers::models::stable_diffusion::unet_2d::{
-    BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
-};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -20,7 +15,7 @@ pub enum PerBlock {
 }
 
 impl PerBlock {
-    fn get(&self, i: usize) -> usize {
+    pub fn get(&self, i: usize) -> usize {
         match self {
             PerBlock::One(v) => *v,
             PerBlock::Each(v) => v[i.min(v.len() - 1)],
@@ -94,7 +89,7 @@ fn default_eps() -> f64 {
 
 impl UNetConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let cfg: Self = super::read_json(path)?;
+        let cfg: Self = crate::model::read_json(path)?;
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -159,66 +154,5 @@ impl UNetConfig {
             .as_ref()
             .unwrap_or(&self.attention_head_dim)
             .get(block)
-    }
-
-    /// The same architecture in candle-transformers' terms.
-    pub fn to_candle(&self, sliced_attention_size: Option<usize>) -> UNet2DConditionModelConfig {
-        let blocks = self
-            .block_out_channels
-            .iter()
-            .enumerate()
-            .map(|(i, &out_channels)| BlockConfig {
-                out_channels,
-                use_cross_attn: (self.down_block_types[i] == "CrossAttnDownBlock2D")
-                    .then(|| self.transformer_layers_per_block.get(i)),
-                attention_head_dim: self.heads(i),
-            })
-            .collect();
-        UNet2DConditionModelConfig {
-            center_input_sample: self.center_input_sample,
-            flip_sin_to_cos: self.flip_sin_to_cos,
-            freq_shift: self.freq_shift,
-            blocks,
-            layers_per_block: self.layers_per_block,
-            downsample_padding: self.downsample_padding,
-            mid_block_scale_factor: self.mid_block_scale_factor,
-            norm_num_groups: self.norm_num_groups,
-            norm_eps: self.norm_eps,
-            cross_attention_dim: self.cross_attention_dim,
-            sliced_attention_size,
-            use_linear_projection: self.use_linear_projection,
-        }
-    }
-}
-
-/// The UNet with its config, predicting noise for a latent batch.
-pub struct UNet {
-    inner: UNet2DConditionModel,
-    pub config: UNetConfig,
-}
-
-impl UNet {
-    pub fn new(vb: candle_nn::VarBuilder, cfg: &UNetConfig) -> candle_core::Result<Self> {
-        let inner = UNet2DConditionModel::new(
-            vb,
-            cfg.in_channels,
-            cfg.out_channels,
-            false,
-            cfg.to_candle(None),
-        )?;
-        Ok(Self {
-            inner,
-            config: cfg.clone(),
-        })
-    }
-
-    /// Noise prediction for `latents` (B,4,h,w) at `timestep` given text embeddings (B,77,C).
-    pub fn forward(
-        &self,
-        latents: &candle_core::Tensor,
-        timestep: f64,
-        text_embeddings: &candle_core::Tensor,
-    ) -> candle_core::Result<candle_core::Tensor> {
-        self.inner.forward(latents, timestep, text_embeddings)
     }
 }
