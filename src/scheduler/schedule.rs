@@ -4,31 +4,35 @@
 
 use super::{BetaSchedule, SchedulerConfig, TimestepSpacing};
 
-/// ᾱ_t = Π(1 - β), accumulated in f32 as torch does.
+/// torch's f32 `linspace`: f32 step, filled from both ends towards the middle.
+fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return vec![start as f32];
+    }
+    let (a, b) = (start as f32, end as f32);
+    let step = (b - a) / (n - 1) as f32;
+    (0..n)
+        .map(|i| if i < n / 2 { a + step * i as f32 } else { b - step * (n - 1 - i) as f32 })
+        .collect()
+}
+
+/// ᾱ_t = Π(1 - β_t) with torch's precision: f32 betas and alphas, the product accumulated in
+/// f64 (torch's CPU cumprod accumulator for f32) and stored as f32.
 pub fn alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f32> {
     let n = cfg.num_train_timesteps;
-    let lin = |a: f64, b: f64, i: usize| -> f64 {
-        if n == 1 {
-            a
-        } else {
-            a + (b - a) * i as f64 / (n - 1) as f64
-        }
+    let betas: Vec<f32> = match cfg.beta_schedule {
+        BetaSchedule::Linear => torch_linspace_f32(cfg.beta_start, cfg.beta_end, n),
+        BetaSchedule::ScaledLinear => torch_linspace_f32(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n)
+            .into_iter()
+            .map(|s| s * s)
+            .collect(),
     };
-    let betas: Vec<f32> = (0..n)
-        .map(|i| match cfg.beta_schedule {
-            BetaSchedule::Linear => lin(cfg.beta_start, cfg.beta_end, i) as f32,
-            BetaSchedule::ScaledLinear => {
-                let s = lin(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), i) as f32;
-                s * s
-            }
-        })
-        .collect();
-    let mut acc = 1.0f32;
+    let mut acc = 1.0f64;
     betas
         .iter()
         .map(|b| {
-            acc *= 1.0 - b;
-            acc
+            acc *= (1.0 - b) as f64;
+            acc as f32
         })
         .collect()
 }
