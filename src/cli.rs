@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Render a canvas spec (or a one-window canvas from flags alone) to a PNG.
-    Render(RenderArgs),
+    Render(Box<RenderArgs>),
     /// Show the window grid, UNet evaluations and estimated peak memory of a spec, without
     /// running a model.
     Plan {

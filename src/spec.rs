@@ -433,7 +433,7 @@ fn check_guidance(bad: &Bad, field: &str, g: Option<f64>) -> Result<f64> {
 }
 
 fn check_multiple_of_8(bad: &Bad, field: &str, v: usize, allow_zero: bool) -> Result<()> {
-    if v % 8 != 0 || (v == 0 && !allow_zero) {
+    if !v.is_multiple_of(8) || (v == 0 && !allow_zero) {
         let below = (v / 8 * 8).max(8);
         let fix = format!("use a multiple of 8, e.g. {below} or {}", below + 8);
         return Err(bad(

@@ -12,7 +12,13 @@ fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     let (a, b) = (start as f32, end as f32);
     let step = (b - a) / (n - 1) as f32;
     (0..n)
-        .map(|i| if i < n / 2 { a + step * i as f32 } else { b - step * (n - 1 - i) as f32 })
+        .map(|i| {
+            if i < n / 2 {
+                a + step * i as f32
+            } else {
+                b - step * (n - 1 - i) as f32
+            }
+        })
         .collect()
 }
 
@@ -22,10 +28,12 @@ pub fn alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f32> {
     let n = cfg.num_train_timesteps;
     let betas: Vec<f32> = match cfg.beta_schedule {
         BetaSchedule::Linear => torch_linspace_f32(cfg.beta_start, cfg.beta_end, n),
-        BetaSchedule::ScaledLinear => torch_linspace_f32(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n)
-            .into_iter()
-            .map(|s| s * s)
-            .collect(),
+        BetaSchedule::ScaledLinear => {
+            torch_linspace_f32(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n)
+                .into_iter()
+                .map(|s| s * s)
+                .collect()
+        }
     };
     let mut acc = 1.0f64;
     betas

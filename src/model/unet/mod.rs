@@ -31,7 +31,7 @@ enum Stage {
         time: TimestepEmbedding,
     },
     Down(DownBlock),
-    Mid(MidBlock),
+    Mid(Box<MidBlock>),
     Up(UpBlock),
     Tail {
         norm: F32Norm<candle_nn::GroupNorm>,
@@ -107,12 +107,9 @@ impl UNetConfig {
                     output_scale: self.mid_block_scale_factor,
                     ..rc
                 };
-                Stage::Mid(MidBlock::new(
-                    vb.pp("mid_block"),
-                    ch[n - 1],
-                    &self.transformer(n - 1),
-                    &rc,
-                )?)
+                let block =
+                    MidBlock::new(vb.pp("mid_block"), ch[n - 1], &self.transformer(n - 1), &rc)?;
+                Stage::Mid(Box::new(block))
             }
             i if i <= 2 * n + 1 => {
                 let u = i - n - 2;
