@@ -57,6 +57,30 @@ pub fn grid(height: usize, width: usize, tile: (usize, usize), overlap: usize) -
         .collect()
 }
 
+/// Split `0..total` into `ceil(total / tile)` disjoint spans of nearly equal length (the
+/// tiled VAE computes every pixel exactly once, so its tiles must not overlap).
+pub fn partition(total: usize, tile: usize) -> Vec<(usize, usize)> {
+    let n = total.div_ceil(tile.max(1)).max(1);
+    let (base, extra) = (total / n, total % n);
+    let mut start = 0;
+    (0..n)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            start += len;
+            (start - len, len)
+        })
+        .collect()
+}
+
+/// Disjoint tiles covering a `height` x `width` grid, row-major.
+pub fn partition_grid(height: usize, width: usize, tile: usize) -> Vec<Rect> {
+    let cols = partition(width, tile);
+    partition(height, tile)
+        .into_iter()
+        .flat_map(|(y, h)| cols.iter().map(move |&(x, w)| Rect { y, x, h, w }))
+        .collect()
+}
+
 /// How a window's cells weigh in the blend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -125,6 +149,18 @@ mod tests {
                     assert!(pair[1].0 <= end.saturating_sub(overlap), "{s:?}");
                     assert!(pair[1].0 > pair[0].0, "{s:?}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn partitions_are_disjoint_and_cover() {
+        for total in [1, 7, 8, 40, 41, 255, 256] {
+            for tile in [1, 3, 8, 12, 64, 300] {
+                let p = partition(total, tile);
+                assert_eq!(p.iter().map(|s| s.1).sum::<usize>(), total);
+                assert!(p.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
+                assert!(p.iter().all(|s| s.1 <= tile.max(1) && s.1 > 0));
             }
         }
     }

@@ -107,6 +107,29 @@ fn bad_input_exits_2_naming_file_field_and_fix() {
     expect_input_error(&["render", &spec], &["no/such/model", "model folder"]);
     expect_input_error(&["render", "--width", "100"], &["canvas.width"]);
     expect_input_error(&["render", "missing-spec.toml"], &["missing-spec.toml"]);
+    let canvas = "[canvas]\nwidth = 512\nheight = 512\n";
+    let spec = write_spec(
+        tmp.path(),
+        &format!("{canvas}[[region]]\nrect = [256, 0, 512, 256]\nprompt = \"x\"\n"),
+    );
+    expect_input_error(&["render", &spec], &["region[0].rect", "outside"]);
+    let spec = write_spec(
+        tmp.path(),
+        &format!("{canvas}[[region]]\nrect = [0, 0, 0, 256]\nprompt = \"x\"\n"),
+    );
+    expect_input_error(&["render", &spec], &["region[0].rect width"]);
+    let spec = write_spec(tmp.path(), &format!("{canvas}[tiles]\nsize = 1024\n"));
+    expect_input_error(&["render", &spec], &["tiles.size", "larger than"]);
+    let spec = write_spec(
+        tmp.path(),
+        &format!("{canvas}[[region]]\nrect = [0, 0, 64, 64]\nimage = \"nope.png\"\n"),
+    );
+    expect_input_error(&["render", &spec], &["region[0].image", "nope.png"]);
+    let spec = write_spec(
+        tmp.path(),
+        &format!("{canvas}[[region]]\nrect = [0, 0, 64, 64]\n"),
+    );
+    expect_input_error(&["render", &spec], &["region[0].prompt"]);
     let out = tmp.path().join("never.png");
     assert!(!out.exists());
 }

@@ -6,11 +6,11 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
 pub struct ResnetBlock {
-    norm1: GroupNorm,
-    conv1: Conv2d,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    shortcut: Option<Conv2d>,
+    pub(super) norm1: GroupNorm,
+    pub(super) conv1: Conv2d,
+    pub(super) norm2: GroupNorm,
+    pub(super) conv2: Conv2d,
+    pub(super) shortcut: Option<Conv2d>,
 }
 
 impl ResnetBlock {
@@ -44,11 +44,11 @@ impl ResnetBlock {
 const ATTENTION_BUDGET: usize = 64 << 20;
 
 pub struct Attention {
-    norm: GroupNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    pub(super) norm: GroupNorm,
+    pub(super) q: Linear,
+    pub(super) k: Linear,
+    pub(super) v: Linear,
+    pub(super) out: Linear,
 }
 
 impl Attention {
@@ -103,7 +103,7 @@ impl Attention {
 
 /// Pad right and bottom by one, then a stride-2 convolution (diffusers' VAE downsampler).
 pub struct Downsample {
-    conv: Conv2d,
+    pub(super) conv: Conv2d,
 }
 
 impl Downsample {
@@ -130,7 +130,7 @@ impl Downsample {
 
 /// Nearest-neighbour 2x, then a 3x3 convolution.
 pub struct Upsample {
-    conv: Conv2d,
+    pub(super) conv: Conv2d,
 }
 
 impl Upsample {

@@ -4,11 +4,13 @@
 
 mod blocks;
 mod norm;
+mod store;
+pub mod tiled;
 
 use blocks::{Attention, Downsample, ResnetBlock, Upsample};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
-pub use norm::GroupNorm;
+pub use norm::{GroupNorm, GroupStats};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -79,10 +81,10 @@ fn conv3(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv2d> {
 }
 
 /// resnet, attention, resnet at the lowest resolution.
-struct MidBlock {
-    res0: ResnetBlock,
-    attn: Option<Attention>,
-    res1: ResnetBlock,
+pub(crate) struct MidBlock {
+    pub(crate) res0: ResnetBlock,
+    pub(crate) attn: Option<Attention>,
+    pub(crate) res1: ResnetBlock,
 }
 
 impl MidBlock {
@@ -109,12 +111,12 @@ impl MidBlock {
 }
 
 pub struct Encoder {
-    conv_in: Conv2d,
-    blocks: Vec<(Vec<ResnetBlock>, Option<Downsample>)>,
-    mid: MidBlock,
-    norm_out: GroupNorm,
-    conv_out: Conv2d,
-    quant_conv: Option<Conv2d>,
+    pub(crate) conv_in: Conv2d,
+    pub(crate) blocks: Vec<(Vec<ResnetBlock>, Option<Downsample>)>,
+    pub(crate) mid: MidBlock,
+    pub(crate) norm_out: GroupNorm,
+    pub(crate) conv_out: Conv2d,
+    pub(crate) quant_conv: Option<Conv2d>,
 }
 
 impl Encoder {
@@ -181,12 +183,12 @@ impl Encoder {
 }
 
 pub struct Decoder {
-    post_quant_conv: Option<Conv2d>,
-    conv_in: Conv2d,
-    mid: MidBlock,
-    blocks: Vec<(Vec<ResnetBlock>, Option<Upsample>)>,
-    norm_out: GroupNorm,
-    conv_out: Conv2d,
+    pub(crate) post_quant_conv: Option<Conv2d>,
+    pub(crate) conv_in: Conv2d,
+    pub(crate) mid: MidBlock,
+    pub(crate) blocks: Vec<(Vec<ResnetBlock>, Option<Upsample>)>,
+    pub(crate) norm_out: GroupNorm,
+    pub(crate) conv_out: Conv2d,
 }
 
 impl Decoder {
