@@ -8,9 +8,11 @@ use crate::Result;
 use candle_core::{DType, Tensor};
 use std::time::Instant;
 
-/// Time `f` `repeat` times after one warm-up; returns seconds per run.
+/// Time `f` `repeat` times, after one warm-up when `repeat > 1`; returns seconds per run.
 fn time_runs(repeat: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
-    f()?;
+    if repeat > 1 {
+        f()?;
+    }
     (0..repeat)
         .map(|_| {
             let t = Instant::now();
@@ -62,18 +64,26 @@ pub fn unet(
     Ok(())
 }
 
-/// One VAE decode of a (1, 4, latent, latent) latent.
-pub fn vae_decode(dir: &ModelDir, dtype: DType, latent: usize, repeat: usize) -> Result<()> {
-    let vae = dir.load_vae(dtype)?;
-    let z: Tensor = SeededNoise::new(0)
-        .noise(&(1, 4, latent, latent).into())?
-        .to_dtype(dtype)?;
+/// VAE decodes of a random (1, 4, latent, latent) latent, through the pipeline's decode
+/// (tiled when the image is larger than `tile` pixels; the decoder is loaded each run).
+pub fn vae_decode(
+    dir: &ModelDir,
+    dtype: DType,
+    latent: usize,
+    tile: Option<usize>,
+    repeat: usize,
+) -> Result<()> {
+    let z: Tensor = (SeededNoise::new(0).noise(&(1, 4, latent, latent).into())? * 0.18215)?;
     let times = time_runs(repeat, || {
-        vae.decode(&z)?;
+        crate::pipeline::decode(dir, &z, dtype, tile, &crate::progress::Progress::default())?;
         Ok(())
     })?;
+    let how = tile.map_or("untiled".to_string(), |t| format!("{t} px tiles"));
     report(
-        &format!("VAE decode (1,4,{latent},{latent}) {dtype:?}"),
+        &format!(
+            "VAE decode (1,4,{latent},{latent}) -> {0}x{0} px, {how}, {dtype:?}",
+            latent * 8
+        ),
         &times,
     );
     Ok(())

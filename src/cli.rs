@@ -27,6 +27,39 @@ pub struct Cli {
 pub enum Command {
     /// Render a canvas spec (or a one-window canvas from flags alone) to a PNG.
     Render(Box<RenderArgs>),
+    /// Decode latents (tensor `latents`, as written by --save-latents) to a PNG with the tiled VAE.
+    Decode {
+        latents: PathBuf,
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Tile side in image pixels, a multiple of 8.
+        #[arg(long, default_value_t = crate::spec::DEFAULT_VAE_TILE)]
+        tile: usize,
+        /// Accepted for compatibility with other tiled decoders. tessera's tiles read the exact
+        /// neighbourhood every convolution needs and share whole-image GroupNorm statistics, so
+        /// they need no overlap or blending; a value must still be a multiple of 8.
+        #[arg(long, default_value_t = 0)]
+        overlap: usize,
+        /// Decode in one piece (memory grows with the image).
+        #[arg(long)]
+        no_tiling: bool,
+    },
+    /// Encode a picture to latents (tensor `latents`: the latent mean times the scaling factor).
+    Encode {
+        image: PathBuf,
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Tile side in image pixels, a multiple of 8.
+        #[arg(long, default_value_t = crate::spec::DEFAULT_VAE_TILE)]
+        tile: usize,
+        /// Encode in one piece.
+        #[arg(long)]
+        no_tiling: bool,
+    },
     /// Show the window grid, UNet evaluations and estimated peak memory of a spec, without
     /// running a model.
     Plan {
@@ -89,6 +122,9 @@ pub struct RenderArgs {
     /// Write the final latents (tensor `latents`, before VAE scaling) to this safetensors file.
     #[arg(long, value_name = "FILE")]
     pub save_latents: Option<PathBuf>,
+    /// VAE tile side in pixels (multiple of 8; 0: the VAE runs in one piece) [default: 256].
+    #[arg(long, value_name = "PX")]
+    pub vae_tile: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +152,9 @@ pub enum BenchCommand {
         dtype: String,
         #[arg(long, default_value_t = 64)]
         latent: usize,
+        /// Tile side in pixels (0: untiled).
+        #[arg(long, default_value_t = 0)]
+        tile: usize,
         #[arg(long, default_value_t = 2)]
         repeat: usize,
     },
@@ -161,6 +200,7 @@ impl RenderArgs {
             dtype: self.dtype.clone(),
             init_noise: self.init_noise.clone(),
             save_latents: self.save_latents.clone(),
+            vae_tile: self.vae_tile,
         }
     }
 }
@@ -189,6 +229,76 @@ pub fn run(cli: Cli) -> Result<()> {
                 report.plan.windows_per_step,
                 report.plan.unet_evaluations
             );
+            Ok(())
+        }
+        Command::Decode {
+            latents,
+            model,
+            out,
+            tile,
+            overlap,
+            no_tiling,
+        } => {
+            let dir = ModelDir::open(&model)?;
+            check_px("--tile", tile, false)?;
+            check_px("--overlap", overlap, true)?;
+            let z = crate::output::load_tensor(&latents, "latents")?
+                .to_dtype(candle_core::DType::F32)?;
+            if z.rank() != 4 || z.dim(1)? != dir.vae_config()?.latent_channels {
+                return Err(crate::Error::input(
+                    &latents,
+                    Some("latents"),
+                    format!("shape {:?}", z.dims()),
+                    "store latents of shape [1, channels, h, w] as written by --save-latents",
+                ));
+            }
+            crate::progress::install_interrupt_handler();
+            let tile = (!no_tiling).then_some(tile);
+            let image = crate::pipeline::decode(
+                &dir,
+                &z,
+                candle_core::DType::F32,
+                tile,
+                &Progress { visible: true },
+            )?;
+            crate::output::save_png(&out, &crate::imageio::tensor_to_rgb(&image)?, &[])?;
+            eprintln!(
+                "wrote {} (peak RSS {})",
+                out.display(),
+                crate::memory::mib(crate::memory::peak_rss_bytes())
+            );
+            Ok(())
+        }
+        Command::Encode {
+            image,
+            model,
+            out,
+            tile,
+            no_tiling,
+        } => {
+            let dir = ModelDir::open(&model)?;
+            check_px("--tile", tile, false)?;
+            let picture = image::open(&image).map_err(|e| {
+                crate::Error::input(
+                    &image,
+                    None,
+                    format!("cannot read the picture: {e}"),
+                    "give a PNG or JPEG file",
+                )
+            })?;
+            let (w, h) = (picture.width() as usize, picture.height() as usize);
+            if w % 8 != 0 || h % 8 != 0 {
+                return Err(crate::Error::input(
+                    &image,
+                    None,
+                    format!("{w}x{h} is not a multiple of 8"),
+                    "crop or resize the picture to multiples of 8 pixels",
+                ));
+            }
+            let x = crate::imageio::rgb_to_tensor(&picture.to_rgb8(), (w, h))?;
+            let latents = crate::pipeline::encode_mean(&dir, &x, (!no_tiling).then_some(tile))?;
+            crate::output::save_tensors(&out, &[("latents", &latents)])?;
+            eprintln!("wrote {} {:?}", out.display(), latents.dims());
             Ok(())
         }
         Command::Plan { spec, model, json } => {
@@ -224,10 +334,12 @@ pub fn run(cli: Cli) -> Result<()> {
             model,
             dtype,
             latent,
+            tile,
             repeat,
         }) => {
             let dtype = bench_dtype(&dtype)?;
-            crate::bench::vae_decode(&ModelDir::open(&model)?, dtype, latent, repeat)
+            let tile = (tile > 0).then_some(tile);
+            crate::bench::vae_decode(&ModelDir::open(&model)?, dtype, latent, tile, repeat)
         }
         Command::Model(ModelCommand::Info { dir, json }) => {
             let info = info::inspect(&ModelDir::open(&dir)?)?;
@@ -258,4 +370,16 @@ fn bench_dtype(name: &str) -> Result<candle_core::DType> {
     crate::model::parse_dtype(name).ok_or_else(|| {
         crate::Error::input("--dtype", None, format!("{name:?}"), "use f32, f16 or bf16")
     })
+}
+
+fn check_px(flag: &str, v: usize, allow_zero: bool) -> Result<()> {
+    if v % 8 != 0 || (v == 0 && !allow_zero) {
+        return Err(crate::Error::input(
+            flag,
+            None,
+            format!("{v} is not a multiple of 8"),
+            "use a multiple of 8 pixels, e.g. 256",
+        ));
+    }
+    Ok(())
 }

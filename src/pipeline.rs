@@ -3,7 +3,7 @@
 
 use crate::canvas::{self, CanvasJob, Conditioning, Window};
 use crate::memory::PhaseReport;
-use crate::model::{unet::UNet, ModelDir};
+use crate::model::{unet::UNet, vae, ModelDir};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::plan::{GuidePlan, ModelFacts, Plan, PlannedWindow};
 use crate::progress::Progress;
@@ -58,7 +58,9 @@ pub fn render(s: &Settings, progress: Progress) -> Result<RenderReport> {
     if let Some(path) = &s.save_latents {
         output::save_tensors(path, &[("latents", &latents)])?;
     }
-    let image = phases.run("decode", || decode(&r.dir, &latents, s.dtype))?;
+    let image = phases.run("decode", || {
+        decode(&r.dir, &latents, s.dtype, s.tiles.vae, &progress)
+    })?;
     output::save_png(
         &s.output,
         &imageio::tensor_to_rgb(&image)?,
@@ -108,7 +110,7 @@ impl Render<'_> {
                     &mut SeededNoise::new(s.seed + 1),
                     |_, _, _, x| Ok(x),
                 )?;
-                let guide = decode(&self.dir, &latents, s.dtype)?;
+                let guide = decode(&self.dir, &latents, s.dtype, s.tiles.vae, &self.progress)?;
                 let path = s.output.with_extension("guide.png");
                 output::save_png(&path, &imageio::tensor_to_rgb(&guide)?, &[])?;
                 self.progress.note(format!(
@@ -123,7 +125,7 @@ impl Render<'_> {
                 )
             }
         };
-        Ok((encode_mean(&self.dir, &image)?, saved))
+        Ok((encode_mean(&self.dir, &image, s.tiles.vae)?, saved))
     }
 
     /// The canvas pass: every window, every remaining step, one scheduler step per timestep.
@@ -157,7 +159,7 @@ impl Render<'_> {
                 let image = imageio::load_image(&r.image, (r.rect.w * 8, r.rect.h * 8))?;
                 let latest =
                     latest_timestep(sched.as_ref(), &self.sched_config, s.steps, r.strength);
-                Ok((r.rect, encode_mean(&self.dir, &image)?, latest))
+                Ok((r.rect, encode_mean(&self.dir, &image, s.tiles.vae)?, latest))
             })
             .collect::<Result<Vec<_>>>()?;
         let windows = realize_windows(&plan.windows)?;
@@ -335,25 +337,59 @@ pub fn initial_noise(s: &Settings, plan: &Plan) -> Result<Tensor> {
     Ok(noise)
 }
 
-/// VAE-encode an image (1,3,H,W) in [-1,1] to the scaled latent mean (deterministic).
-pub fn encode_mean(dir: &ModelDir, image: &Tensor) -> Result<Tensor> {
+/// VAE-encode an image (1,3,H,W) in [-1,1] to the scaled latent mean (deterministic), tiled
+/// when larger than `tile` pixels.
+pub fn encode_mean(dir: &ModelDir, image: &Tensor, tile: Option<usize>) -> Result<Tensor> {
     let cfg = dir.vae_config()?;
-    let vae = dir.load_vae(DType::F32)?;
-    Ok((vae.encode(image)?.mean * cfg.scaling_factor)?)
+    let enc = dir.load_vae_encoder(DType::F32)?;
+    let (_, _, h, w) = image.dims4()?;
+    let dist = match tile {
+        Some(t) if h.max(w) > t => vae::tiled::encode(&enc, image, t)?,
+        _ => vae::LatentDist::from_parameters(&enc.forward(image)?)?,
+    };
+    Ok((dist.mean * cfg.scaling_factor)?)
 }
 
-/// Decode final latents to an image tensor in [-1, 1]; the VAE is dropped afterwards.
-pub fn decode(dir: &ModelDir, latents: &Tensor, dtype: DType) -> Result<Tensor> {
+/// Decode latents to an image tensor in [-1, 1], tiled when larger than `tile` pixels; the
+/// decoder is dropped afterwards. A half-precision decode that overflows (a known SD VAE
+/// problem) is redone in f32, and the user is told.
+pub fn decode(
+    dir: &ModelDir,
+    latents: &Tensor,
+    dtype: DType,
+    tile: Option<usize>,
+    progress: &Progress,
+) -> Result<Tensor> {
     let cfg = dir.vae_config()?;
-    // diffusers upcasts VAEs marked force_upcast (SD 1.x/2.x) to f32: their f16 decode overflows.
+    let scaled = (latents / cfg.scaling_factor)?;
+    let (_, _, h, w) = latents.dims4()?;
+    if let Some(t) = tile.filter(|&t| 8 * h.max(w) > t) {
+        // Tiles travel through f32 scratch stores, so the tiled decoder runs in f32.
+        let dec = dir.load_vae_decoder(DType::F32)?;
+        return Ok(vae::tiled::decode(&dec, &scaled, t)?);
+    }
+    // diffusers upcasts VAEs marked force_upcast (SD 1.x/2.x) to f32.
     let dtype = if cfg.force_upcast || dtype == DType::BF16 {
         DType::F32
     } else {
         dtype
     };
-    let vae = dir.load_vae(dtype)?;
-    let scaled = (latents / cfg.scaling_factor)?.to_dtype(dtype)?;
-    Ok(vae.decode(&scaled)?.to_dtype(DType::F32)?)
+    let image = dir
+        .load_vae_decoder(dtype)?
+        .forward(&scaled.to_dtype(dtype)?)?
+        .to_dtype(DType::F32)?;
+    if dtype != DType::F32 && !all_finite(&image)? {
+        progress.note("note: the VAE overflowed in f16 (NaN/Inf); decoding again in f32");
+        return decode(dir, latents, DType::F32, tile, progress);
+    }
+    Ok(image)
+}
+
+fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .all(|v| v.is_finite()))
 }
 
 /// PNG text chunks: the resolved spec (`tessera`), and A1111's `parameters` for PNG-info readers.

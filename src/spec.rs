@@ -68,6 +68,8 @@ pub struct TilesTable {
     pub size: Option<Size>,
     pub overlap: Option<usize>,
     pub mask: Option<Mask>,
+    /// VAE tile side in pixels; 0 decodes in one piece.
+    pub vae: Option<usize>,
 }
 
 /// A `[[region]]`: a text region (`prompt`) or an image region (`image`).
@@ -119,6 +121,7 @@ pub struct Overrides {
     pub dtype: Option<String>,
     pub init_noise: Option<PathBuf>,
     pub save_latents: Option<PathBuf>,
+    pub vae_tile: Option<usize>,
 }
 
 /// A prompt with its negative and guidance scale.
@@ -158,7 +161,12 @@ pub struct TileSettings {
     /// Overlap in pixels; `None`: a quarter of the window.
     pub overlap: Option<usize>,
     pub mask: Mask,
+    /// VAE tile side in pixels; `None`: the VAE runs in one piece.
+    pub vae: Option<usize>,
 }
+
+/// Default VAE tile side: small enough that a full-size SD VAE tile stays a few hundred MB.
+pub const DEFAULT_VAE_TILE: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct GuideSettings {
@@ -308,7 +316,9 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         .enumerate()
         .map(|(i, r)| resolve_region(i, r, &base, &bad))
         .collect::<Result<Vec<_>>>()?;
-    let tiles = resolve_tiles(spec.tiles.as_ref(), &bad)?;
+    let mut tiles_table = spec.tiles.clone().unwrap_or_default();
+    tiles_table.vae = o.vae_tile.or(tiles_table.vae);
+    let tiles = resolve_tiles(Some(&tiles_table), &bad)?;
     let guide = match &spec.guide {
         Some(g) if g.enabled.unwrap_or(true) => Some(resolve_guide(g, steps, &base, &bad)?),
         _ => None,
@@ -372,6 +382,7 @@ impl Settings {
                 size: Some(Size::WidthHeight([window.0, window.1])),
                 overlap: Some(overlap),
                 mask: Some(self.tiles.mask),
+                vae: Some(self.tiles.vae.unwrap_or(0)),
             }),
             regions: self
                 .regions
@@ -566,10 +577,18 @@ fn resolve_tiles(t: Option<&TilesTable>, bad: &Bad) -> Result<TileSettings> {
             }
         }
     }
+    let vae = match t.vae.unwrap_or(DEFAULT_VAE_TILE) {
+        0 => None,
+        px => {
+            check_multiple_of_8(bad, "tiles.vae", px, false)?;
+            Some(px)
+        }
+    };
     Ok(TileSettings {
         size,
         overlap: t.overlap,
         mask: t.mask.unwrap_or_default(),
+        vae,
     })
 }
 

@@ -182,3 +182,76 @@ fn model_info_and_synth_agree_on_the_tiny_architecture() {
     );
     assert!(png.is_file());
 }
+
+#[test]
+fn decode_and_encode_commands_tile_without_changing_the_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture("d_vae_decode");
+    let latents = tmp.path().join("z.safetensors");
+    let z = (get(&f, "16x24.latents") * 1.0).unwrap();
+    candle_core::safetensors::save(
+        &[("latents".to_string(), z)].into_iter().collect(),
+        &latents,
+    )
+    .unwrap();
+    let model = tiny_model_dir();
+    let (tiled, whole) = (tmp.path().join("tiled.png"), tmp.path().join("whole.png"));
+    for (out, extra) in [
+        (&tiled, vec!["--tile", "64", "--overlap", "16"]),
+        (&whole, vec!["--no-tiling"]),
+    ] {
+        let mut args = vec![
+            "decode",
+            latents.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = tessera(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let (a, b) = (
+        image::open(&tiled).unwrap().to_rgb8(),
+        image::open(&whole).unwrap().to_rgb8(),
+    );
+    assert_eq!(a.dimensions(), (192, 128));
+    let worst = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap();
+    assert!(
+        worst <= 1,
+        "tiled and untiled decodes differ by {worst} levels"
+    );
+    let enc = tmp.path().join("enc.safetensors");
+    let o = tessera(&[
+        "encode",
+        whole.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        enc.to_str().unwrap(),
+        "--tile",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let back =
+        candle_core::safetensors::load(&enc, &candle_core::Device::Cpu).unwrap()["latents"].clone();
+    assert_eq!(back.dims(), &[1, 4, 16, 24]);
+    expect_input_error(
+        &[
+            "decode",
+            "missing.safetensors",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            "x.png",
+        ],
+        &["missing.safetensors"],
+    );
+}

@@ -95,7 +95,8 @@ fn run_case(name: &str, kind: SchedulerKind) {
     eprintln!("{name}: final latents rel diff {rel:.2e}");
     assert!(rel <= 1e-3, "{name}: final latents rel diff {rel:e}");
 
-    let decoded = pipeline::decode(&dir, &final_ref, DType::F32).unwrap();
+    let decoded =
+        pipeline::decode(&dir, &final_ref, DType::F32, None, &Progress::default()).unwrap();
     assert_close(
         &format!("{name} vae_decoded"),
         &decoded,

@@ -164,6 +164,18 @@ impl ModelDir {
         Ok(vae::AutoencoderKl::new(vb, &cfg)?)
     }
 
+    /// The VAE decoder alone (with `post_quant_conv`).
+    pub fn load_vae_decoder(&self, dtype: DType) -> Result<vae::Decoder> {
+        let vb = self.var_builder("vae", "diffusion_pytorch_model", dtype)?;
+        Ok(vae::Decoder::new(vb, &self.vae_config()?)?)
+    }
+
+    /// The VAE encoder alone (with `quant_conv`).
+    pub fn load_vae_encoder(&self, dtype: DType) -> Result<vae::Encoder> {
+        let vb = self.var_builder("vae", "diffusion_pytorch_model", dtype)?;
+        Ok(vae::Encoder::new(vb, &self.vae_config()?)?)
+    }
+
     pub fn load_text_encoder(&self, dtype: DType) -> Result<clip::ClipTextModel> {
         let cfg = self.text_encoder_config()?;
         let vb = self.var_builder("text_encoder", "model", dtype)?;
