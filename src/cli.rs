@@ -77,6 +77,10 @@ pub enum Command {
     /// Inspect or synthesise model folders.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Check a render against its guide (fidelity, seams at window boundaries, per-window
+    /// colour drift), or against a golden image (`--against`). Exit 0: pass, 1: fail, 2: bad
+    /// input.
+    Check(crate::check::CheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +129,10 @@ pub struct RenderArgs {
     /// VAE tile side in pixels (multiple of 8; 0: the VAE runs in one piece) [default: 256].
     #[arg(long, value_name = "PX")]
     pub vae_tile: Option<usize>,
+    /// After rendering, check the output against its guide picture (as `tessera check`, default
+    /// thresholds); exit 1 if the check fails. Skipped when no guide was rendered.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +237,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 report.plan.windows_per_step,
                 report.plan.unet_evaluations
             );
+            if args.check {
+                crate::check::after_render(&report)?;
+            }
             Ok(())
         }
         Command::Decode {
@@ -363,6 +374,7 @@ pub fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote a random-weight {arch} model to {}", out.display());
             Ok(())
         }
+        Command::Check(args) => crate::check::run(&args),
     }
 }
 

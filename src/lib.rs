@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod canvas;
+pub mod check;
 pub mod cli;
 pub mod error;
 pub mod imageio;
