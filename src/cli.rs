@@ -298,7 +298,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 )
             })?;
             let (w, h) = (picture.width() as usize, picture.height() as usize);
-            if w % 8 != 0 || h % 8 != 0 {
+            if !w.is_multiple_of(8) || !h.is_multiple_of(8) {
                 return Err(crate::Error::input(
                     &image,
                     None,
@@ -385,7 +385,7 @@ fn bench_dtype(name: &str) -> Result<candle_core::DType> {
 }
 
 fn check_px(flag: &str, v: usize, allow_zero: bool) -> Result<()> {
-    if v % 8 != 0 || (v == 0 && !allow_zero) {
+    if !v.is_multiple_of(8) || (v == 0 && !allow_zero) {
         return Err(crate::Error::input(
             flag,
             None,
