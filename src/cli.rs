@@ -129,6 +129,10 @@ pub struct RenderArgs {
     /// VAE tile side in pixels (multiple of 8; 0: the VAE runs in one piece) [default: 256].
     #[arg(long, value_name = "PX")]
     pub vae_tile: Option<usize>,
+    /// Stream the UNet's weights from disk stage by stage instead of holding them (low RAM;
+    /// bit-identical output, slower).
+    #[arg(long)]
+    pub stream_weights: bool,
     /// After rendering, check the output against its guide picture (as `tessera check`, default
     /// thresholds); exit 1 if the check fails. Skipped when no guide was rendered.
     #[arg(long)]
@@ -209,6 +213,7 @@ impl RenderArgs {
             init_noise: self.init_noise.clone(),
             save_latents: self.save_latents.clone(),
             vae_tile: self.vae_tile,
+            stream_weights: self.stream_weights,
         }
     }
 }

@@ -46,7 +46,12 @@ pub fn render(s: &Settings, progress: Progress) -> Result<RenderReport> {
         settings: s,
         progress,
     };
-    let unet = r.dir.load_unet(conv_dtype(s.dtype, &progress))?;
+    let unet_dtype = conv_dtype(s.dtype, &progress);
+    let unet = if s.stream_weights {
+        r.dir.load_unet_streaming(unet_dtype)?
+    } else {
+        r.dir.load_unet(unet_dtype)?
+    };
     let guide = match &plan.guide {
         Some(g) => Some(phases.run("guide pass", || r.guide_pass(&unet, &plan, g, &conds))?),
         None => None,

@@ -35,6 +35,8 @@ pub struct CanvasTable {
     pub steps: Option<usize>,
     pub scheduler: Option<String>,
     pub dtype: Option<String>,
+    /// Stream UNet weights stage by stage from disk (low-RAM runs).
+    pub stream_weights: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
@@ -122,6 +124,7 @@ pub struct Overrides {
     pub init_noise: Option<PathBuf>,
     pub save_latents: Option<PathBuf>,
     pub vae_tile: Option<usize>,
+    pub stream_weights: bool,
 }
 
 /// A prompt with its negative and guidance scale.
@@ -194,6 +197,8 @@ pub struct Settings {
     /// `None`: the scheduler named by the model folder's `scheduler_config.json`.
     pub scheduler: Option<SchedulerKind>,
     pub dtype: DType,
+    /// Load each UNet stage from disk right before it runs (output is bit-identical).
+    pub stream_weights: bool,
     /// The global prompt; `None` when a spec has regions and no `[prompt]`.
     pub background: Option<TextPrompt>,
     pub regions: Vec<Region>,
@@ -342,6 +347,7 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         steps,
         scheduler,
         dtype,
+        stream_weights: o.stream_weights || c.stream_weights.unwrap_or(false),
         background,
         regions,
         tiles,
@@ -372,6 +378,7 @@ impl Settings {
                 steps: Some(self.steps),
                 scheduler: Some(scheduler.name().to_string()),
                 dtype: Some(format!("{:?}", self.dtype).to_lowercase()),
+                stream_weights: Some(self.stream_weights),
             },
             prompt: self.background.as_ref().map(|p| PromptTable {
                 text: p.text.clone(),

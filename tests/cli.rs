@@ -255,3 +255,39 @@ fn decode_and_encode_commands_tile_without_changing_the_result() {
         &["missing.safetensors"],
     );
 }
+
+#[test]
+fn streaming_weights_render_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir();
+    let mut latents = Vec::new();
+    for (name, extra) in [("held", None), ("streamed", Some("--stream-weights"))] {
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        let png = tmp.path().join(format!("{name}.png"));
+        let mut args = vec![
+            "render",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a cat",
+            "--width",
+            "128",
+            "--height",
+            "128",
+            "--steps",
+            "3",
+            "--save-latents",
+            out.to_str().unwrap(),
+            "--out",
+            png.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = tessera(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        latents.push(
+            candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap()["latents"]
+                .clone(),
+        );
+    }
+    assert_eq!(max_abs_diff(&latents[0], &latents[1]), 0.0);
+}

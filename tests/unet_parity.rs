@@ -22,3 +22,22 @@ fn unet_matches_diffusers_at_three_timesteps_and_two_shapes() {
         }
     }
 }
+
+#[test]
+fn streaming_and_chunked_attention_change_nothing() {
+    let f = fixture("c_unet");
+    let dir = ModelDir::open(tiny_model_dir()).unwrap();
+    let resident = dir.load_unet(DType::F32).unwrap();
+    let streaming = dir.load_unet_streaming(DType::F32).unwrap();
+    let mut chunked = dir.load_unet(DType::F32).unwrap();
+    chunked.attention_budget = 1024; // forces one query row per chunk
+    let sample = get(&f, "b1_16x24.sample");
+    let ehs = get(&f, "b1_16x24.encoder_hidden_states");
+    let a = resident.forward(&sample, 500.0, &ehs).unwrap();
+    let b = streaming.forward(&sample, 500.0, &ehs).unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0, "streaming must be bit-identical");
+    let c = chunked.forward(&sample, 500.0, &ehs).unwrap();
+    let d = max_abs_diff(&a, &c);
+    eprintln!("chunked attention vs one piece: max|diff| {d:e}");
+    assert!(d <= 1e-6, "chunked attention differs by {d}");
+}

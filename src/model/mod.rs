@@ -164,6 +164,14 @@ impl ModelDir {
         Ok(vae::AutoencoderKl::new(vb, &cfg)?)
     }
 
+    /// The UNet in streaming mode: each stage's weights are read from the memory-mapped file
+    /// right before it runs and dropped after (low-RAM runs).
+    pub fn load_unet_streaming(&self, dtype: DType) -> Result<unet::UNet> {
+        let cfg = self.unet_config()?;
+        let path = self.weights("unet", "diffusion_pytorch_model")?;
+        Ok(unet::UNet::new_streaming(path, dtype, &cfg)?)
+    }
+
     /// The VAE decoder alone (with `post_quant_conv`).
     pub fn load_vae_decoder(&self, dtype: DType) -> Result<vae::Decoder> {
         let vb = self.var_builder("vae", "diffusion_pytorch_model", dtype)?;
