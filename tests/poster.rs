@@ -24,6 +24,7 @@ text = "a lighthouse at dusk, poster"
 [tiles]
 size = 512
 overlap = 128
+vae = 512
 
 [[region]]
 rect = [0, 0, 2048, 512]
