@@ -1,6 +1,7 @@
 //! A whole-image activation kept out of the heap: an unlinked temporary file read and written
 //! by regions, so a tiled VAE pass holds one tile at a time whatever the image size.
 //! Pixels are stored channel-last (HWC), so one image row of a region is one contiguous read.
+//! Values are native-endian f32: the file is private to this process, so no byte conversion.
 
 use candle_core::{Device, Result, Tensor};
 use std::fs::File;
@@ -56,13 +57,11 @@ impl Store {
             .flatten_all()?
             .to_dtype(candle_core::DType::F32)?
             .to_vec1()?;
-        for row in 0..h {
-            let bytes: Vec<u8> = hwc[row * w * c..(row + 1) * w * c]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
+        for (row, values) in hwc.chunks_exact(w * c).enumerate().take(h) {
             let offset = (((y + row) * self.w + x) * c * 4) as u64;
-            self.file.write_all_at(&bytes, offset).map_err(io)?;
+            self.file
+                .write_all_at(bytemuck::cast_slice(values), offset)
+                .map_err(io)?;
         }
         Ok(())
     }
@@ -70,15 +69,12 @@ impl Store {
     /// Read rows × cols (clipped by the caller to the image) as (1, C, h, w).
     pub fn read(&self, rows: Range<usize>, cols: Range<usize>) -> Result<Tensor> {
         let (h, w, c) = (rows.len(), cols.len(), self.c);
-        let mut buf = vec![0u8; w * c * 4];
-        let mut data = Vec::with_capacity(h * w * c);
-        for y in rows {
+        let mut data = vec![0f32; h * w * c];
+        for (y, values) in rows.zip(data.chunks_exact_mut(w * c)) {
             let offset = ((y * self.w + cols.start) * c * 4) as u64;
-            self.file.read_exact_at(&mut buf, offset).map_err(io)?;
-            data.extend(
-                buf.chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
+            self.file
+                .read_exact_at(bytemuck::cast_slice_mut(values), offset)
+                .map_err(io)?;
         }
         Tensor::from_vec(data, (h, w, c), &Device::Cpu)?
             .permute((2, 0, 1))?
