@@ -5,10 +5,11 @@ pub mod info;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+pub mod weights;
 
 use crate::scheduler::SchedulerConfig;
 use crate::{Error, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
@@ -106,7 +107,8 @@ impl ModelDir {
             })
     }
 
-    /// Memory-mapped weights of one component, converted to `dtype` as tensors are read.
+    /// Weights of one component, read tensor by tensor (see [`weights`]) and converted to
+    /// `dtype`.
     pub fn var_builder(
         &self,
         component: &str,
@@ -114,17 +116,15 @@ impl ModelDir {
         dtype: DType,
     ) -> Result<VarBuilder<'static>> {
         let path = self.weights(component, stem)?;
-        // SAFETY: the file is mapped read-only and not modified while tessera runs.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&path], dtype, &Device::Cpu) }
-            .map_err(|e| {
-                Error::input(
-                    &path,
-                    None,
-                    format!("cannot read weights: {e}"),
-                    "re-download it",
-                )
-            })?;
-        Ok(vb)
+        let file = weights::WeightFile::open(&path).map_err(|e| {
+            Error::input(
+                &path,
+                None,
+                format!("cannot read weights: {e}"),
+                "re-download it",
+            )
+        })?;
+        Ok(file.into_var_builder(dtype))
     }
 
     pub fn unet_config(&self) -> Result<unet::UNetConfig> {
@@ -164,12 +164,12 @@ impl ModelDir {
         Ok(vae::AutoencoderKl::new(vb, &cfg)?)
     }
 
-    /// The UNet in streaming mode: each stage's weights are read from the memory-mapped file
-    /// right before it runs and dropped after (low-RAM runs).
+    /// The UNet in streaming mode: each layer's weights are read from the file right before it
+    /// runs and dropped after (low-RAM runs).
     pub fn load_unet_streaming(&self, dtype: DType) -> Result<unet::UNet> {
         let cfg = self.unet_config()?;
-        let path = self.weights("unet", "diffusion_pytorch_model")?;
-        Ok(unet::UNet::new_streaming(path, dtype, &cfg)?)
+        let vb = self.var_builder("unet", "diffusion_pytorch_model", dtype)?;
+        Ok(unet::UNet::new_streaming(vb, &cfg))
     }
 
     /// The VAE decoder alone (with `post_quant_conv`).

@@ -2,13 +2,13 @@
 //! candle-transformers' UNet uses the tanh GELU approximation in its GEGLU (diffusers uses the
 //! exact erf GELU), has no bounded-memory attention, and cannot stream its weights.
 //!
-//! The network runs as a sequence of stages (head, each down block, mid, each up block, tail).
-//! Resident mode keeps every stage loaded; streaming mode loads each stage from the
-//! memory-mapped weights right before it runs and drops it after, so only one stage's weights
-//! are ever in memory.
+//! The network is a flat sequence of layers (head, each resnet, spatial transformer and
+//! resampler of the down, mid and up blocks, tail) with the skip connections kept beside it.
+//! Resident mode keeps every layer loaded; streaming mode reads each layer's weights right
+//! before it runs and drops them after, so at most one layer's weights (about 190 MB for the
+//! largest SD 1.5 resnet in f32) are ever in memory.
 
 mod attention;
-mod blocks;
 mod config;
 mod embeddings;
 mod resnet;
@@ -16,23 +16,56 @@ mod resnet;
 pub use attention::{chunked_attention, DEFAULT_ATTENTION_BUDGET};
 pub use config::{PerBlock, UNetConfig};
 
-use attention::TransformerConfig;
-use blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
-use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use attention::{Transformer2D, TransformerConfig};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
 use embeddings::{group_norm, sinusoidal, F32Norm, TimestepEmbedding};
-use resnet::{conv3, ResnetConfig};
-use std::path::PathBuf;
+use resnet::{conv3, ResnetBlock, ResnetConfig};
 
-/// One stage of the forward pass.
-enum Stage {
+/// What one layer is, without its weights: enough to build it and to keep the skips.
+#[derive(Debug, Clone)]
+struct LayerSpec {
+    kind: Kind,
+    /// Weight name prefix, e.g. `down_blocks.1.attentions.0`.
+    prefix: String,
+    /// Whether the output is pushed as a skip connection (down path).
+    push_skip: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Head,
+    /// `concat_skip`: the input is the running sample concatenated with a popped skip (up path).
+    Resnet {
+        cin: usize,
+        cout: usize,
+        concat_skip: bool,
+        output_scale: f64,
+    },
+    Attention {
+        channels: usize,
+        block: usize,
+    },
+    Downsample {
+        channels: usize,
+    },
+    /// Upsamples to the size the down path had at `level`.
+    Upsample {
+        channels: usize,
+        level: usize,
+    },
+    Tail,
+}
+
+/// One layer with its weights.
+enum Layer {
     Head {
         conv_in: Conv2d,
         time: TimestepEmbedding,
     },
-    Down(DownBlock),
-    Mid(Box<MidBlock>),
-    Up(UpBlock),
+    Resnet(ResnetBlock),
+    Attention(Transformer2D),
+    Resample(Conv2d),
     Tail {
         norm: F32Norm<candle_nn::GroupNorm>,
         conv_out: Conv2d,
@@ -40,12 +73,13 @@ enum Stage {
 }
 
 enum Weights {
-    Resident(Vec<Stage>),
-    Streaming { path: PathBuf, dtype: DType },
+    Resident(Vec<Layer>),
+    Streaming(VarBuilder<'static>),
 }
 
 pub struct UNet {
     pub config: UNetConfig,
+    layers: Vec<LayerSpec>,
     weights: Weights,
     /// Bytes of attention scores allowed alive at once.
     pub attention_budget: usize,
@@ -71,67 +105,142 @@ impl UNetConfig {
         }
     }
 
-    fn n_stages(&self) -> usize {
-        2 * self.block_out_channels.len() + 3
-    }
-
-    /// Build stage `i` (0 head, 1..=n down, n+1 mid, n+2..=2n+1 up, 2n+2 tail).
-    fn stage(&self, vb: &VarBuilder, i: usize) -> Result<Stage> {
+    /// The layer sequence of the forward pass, in order.
+    fn layer_specs(&self) -> Vec<LayerSpec> {
         let ch = &self.block_out_channels;
         let n = ch.len();
-        let rc = self.resnet();
         let cross = |b: usize| self.down_block_types[b] == "CrossAttnDownBlock2D";
-        Ok(match i {
-            0 => Stage::Head {
+        let mut out = Vec::new();
+        let mut push = |kind, prefix: String, push_skip| {
+            out.push(LayerSpec {
+                kind,
+                prefix,
+                push_skip,
+            })
+        };
+        push(Kind::Head, String::new(), true);
+        let mut skip_channels = vec![ch[0]];
+        for b in 0..n {
+            let p = format!("down_blocks.{b}");
+            for i in 0..self.layers_per_block {
+                let cin = if i == 0 {
+                    ch[b.saturating_sub(1)]
+                } else {
+                    ch[b]
+                };
+                let resnet = Kind::Resnet {
+                    cin,
+                    cout: ch[b],
+                    concat_skip: false,
+                    output_scale: 1.0,
+                };
+                push(resnet, format!("{p}.resnets.{i}"), !cross(b));
+                if cross(b) {
+                    let attn = Kind::Attention {
+                        channels: ch[b],
+                        block: b,
+                    };
+                    push(attn, format!("{p}.attentions.{i}"), true);
+                }
+                skip_channels.push(ch[b]);
+            }
+            if b + 1 < n {
+                let down = Kind::Downsample { channels: ch[b] };
+                push(down, format!("{p}.downsamplers.0.conv"), true);
+                skip_channels.push(ch[b]);
+            }
+        }
+        let top = ch[n - 1];
+        let mid_resnet = |i: usize| {
+            let kind = Kind::Resnet {
+                cin: top,
+                cout: top,
+                concat_skip: false,
+                output_scale: self.mid_block_scale_factor,
+            };
+            (kind, format!("mid_block.resnets.{i}"), false)
+        };
+        let (k, p, s) = mid_resnet(0);
+        push(k, p, s);
+        let attn = Kind::Attention {
+            channels: top,
+            block: n - 1,
+        };
+        push(attn, "mid_block.attentions.0".into(), false);
+        let (k, p, s) = mid_resnet(1);
+        push(k, p, s);
+        let mut prev = top;
+        for u in 0..n {
+            let b = n - 1 - u; // the down block this up block mirrors
+            let p = format!("up_blocks.{u}");
+            for i in 0..=self.layers_per_block {
+                let skip = skip_channels.pop().expect("one skip per up resnet");
+                let resnet = Kind::Resnet {
+                    cin: prev + skip,
+                    cout: ch[b],
+                    concat_skip: true,
+                    output_scale: 1.0,
+                };
+                push(resnet, format!("{p}.resnets.{i}"), false);
+                if cross(b) {
+                    let attn = Kind::Attention {
+                        channels: ch[b],
+                        block: b,
+                    };
+                    push(attn, format!("{p}.attentions.{i}"), false);
+                }
+                prev = ch[b];
+            }
+            if u + 1 < n {
+                let up = Kind::Upsample {
+                    channels: ch[b],
+                    level: n - 2 - u,
+                };
+                push(up, format!("{p}.upsamplers.0.conv"), false);
+            }
+        }
+        push(Kind::Tail, String::new(), false);
+        out
+    }
+
+    /// Load one layer's weights.
+    fn build(&self, vb: &VarBuilder, spec: &LayerSpec) -> Result<Layer> {
+        let ch = &self.block_out_channels;
+        let vb = if spec.prefix.is_empty() {
+            vb.clone()
+        } else {
+            vb.pp(&spec.prefix)
+        };
+        Ok(match &spec.kind {
+            Kind::Head => Layer::Head {
                 conv_in: conv3(self.in_channels, ch[0], vb.pp("conv_in"))?,
                 time: TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], 4 * ch[0])?,
             },
-            i if i <= n => {
-                let b = i - 1;
-                let spec = BlockSpec {
-                    cin: if b == 0 { ch[0] } else { ch[b - 1] },
-                    cout: ch[b],
-                    layers: self.layers_per_block,
-                    transformer: cross(b).then(|| self.transformer(b)),
-                    resample: b + 1 < n,
-                };
-                Stage::Down(DownBlock::new(
-                    vb.pp(format!("down_blocks.{b}")),
-                    &spec,
-                    &rc,
-                    self.downsample_padding,
-                )?)
-            }
-            i if i == n + 1 => {
+            &Kind::Resnet {
+                cin,
+                cout,
+                output_scale,
+                ..
+            } => {
                 let rc = ResnetConfig {
-                    output_scale: self.mid_block_scale_factor,
-                    ..rc
+                    output_scale,
+                    ..self.resnet()
                 };
-                let block =
-                    MidBlock::new(vb.pp("mid_block"), ch[n - 1], &self.transformer(n - 1), &rc)?;
-                Stage::Mid(Box::new(block))
+                Layer::Resnet(ResnetBlock::new(vb, cin, cout, &rc)?)
             }
-            i if i <= 2 * n + 1 => {
-                let u = i - n - 2;
-                let b = n - 1 - u; // the down block this up block mirrors
-                let spec = BlockSpec {
-                    cin: ch[b.saturating_sub(1)],
-                    cout: ch[b],
-                    layers: self.layers_per_block + 1,
-                    transformer: cross(b).then(|| self.transformer(b)),
-                    resample: u + 1 < n,
+            &Kind::Attention { channels, block } => {
+                Layer::Attention(Transformer2D::new(vb, channels, &self.transformer(block))?)
+            }
+            &Kind::Downsample { channels } => {
+                let cfg = Conv2dConfig {
+                    stride: 2,
+                    padding: self.downsample_padding,
+                    ..Default::default()
                 };
-                let prev = if u == 0 { ch[n - 1] } else { ch[b + 1] };
-                let skips = self.skip_channels(b);
-                Stage::Up(UpBlock::new(
-                    vb.pp(format!("up_blocks.{u}")),
-                    &spec,
-                    prev,
-                    &skips,
-                    &rc,
-                )?)
+                Layer::Resample(conv2d(channels, channels, 3, cfg, vb)?)
             }
-            _ => Stage::Tail {
+            &Kind::Upsample { channels, .. } => Layer::Resample(conv3(channels, channels, vb)?),
+            Kind::Tail => Layer::Tail {
                 norm: group_norm(
                     vb.pp("conv_norm_out"),
                     self.norm_num_groups,
@@ -142,78 +251,57 @@ impl UNetConfig {
             },
         })
     }
-
-    /// Channels of the skips consumed by the up block mirroring down block `b`, in pop order.
-    fn skip_channels(&self, b: usize) -> Vec<usize> {
-        let ch = &self.block_out_channels;
-        // Skips are pushed: conv_in (ch0), then per down block `layers` outputs (+1 downsample).
-        let mut pushed = vec![ch[0]];
-        for (i, &c) in ch.iter().enumerate() {
-            pushed.extend(std::iter::repeat_n(c, self.layers_per_block));
-            if i + 1 < ch.len() {
-                pushed.push(c);
-            }
-        }
-        let per_up = self.layers_per_block + 1;
-        let consumed_before = (ch.len() - 1 - b) * per_up;
-        let end = pushed.len() - consumed_before;
-        pushed[end - per_up..end].iter().rev().cloned().collect()
-    }
 }
 
 impl UNet {
     /// All weights resident in memory.
     pub fn new(vb: VarBuilder, cfg: &UNetConfig) -> Result<Self> {
-        let stages = (0..cfg.n_stages())
-            .map(|i| cfg.stage(&vb, i))
+        let layers = cfg.layer_specs();
+        let built = layers
+            .iter()
+            .map(|spec| cfg.build(&vb, spec))
             .collect::<Result<_>>()?;
         Ok(Self {
             config: cfg.clone(),
-            weights: Weights::Resident(stages),
+            layers,
+            weights: Weights::Resident(built),
             attention_budget: DEFAULT_ATTENTION_BUDGET,
         })
     }
 
-    /// Weights loaded stage by stage from `path` during each forward and dropped after.
-    pub fn new_streaming(path: PathBuf, dtype: DType, cfg: &UNetConfig) -> Result<Self> {
-        Ok(Self {
+    /// Weights read from `vb` layer by layer during each forward and dropped after.
+    pub fn new_streaming(vb: VarBuilder<'static>, cfg: &UNetConfig) -> Self {
+        Self {
             config: cfg.clone(),
-            weights: Weights::Streaming { path, dtype },
+            layers: cfg.layer_specs(),
+            weights: Weights::Streaming(vb),
             attention_budget: DEFAULT_ATTENTION_BUDGET,
-        })
+        }
     }
 
     /// Noise prediction for `latents` (B,4,h,w) at `timestep` given text embeddings (B,77,C).
     pub fn forward(&self, latents: &Tensor, timestep: f64, text: &Tensor) -> Result<Tensor> {
-        let streaming_vb = match &self.weights {
-            Weights::Streaming { path, dtype } => {
-                // SAFETY: read-only mapping of a weights file that is not modified while we run.
-                Some(unsafe { VarBuilder::from_mmaped_safetensors(&[path], *dtype, &Device::Cpu)? })
-            }
-            Weights::Resident(_) => None,
-        };
-        let n = self.config.block_out_channels.len();
         let (_, _, h, w) = latents.dims4()?;
+        // Sample size at each level of the down path, which the up path restores.
         let mut sizes = vec![(h, w)];
-        for _ in 1..n {
+        for _ in 1..self.config.block_out_channels.len() {
             let (ph, pw) = *sizes.last().expect("non-empty");
             sizes.push((ph.div_ceil(2), pw.div_ceil(2)));
         }
         let mut x = latents.clone();
         let mut temb = Tensor::zeros(1, latents.dtype(), latents.device())?;
         let mut skips = Vec::new();
-        for i in 0..self.config.n_stages() {
-            let built;
-            let stage = match (&self.weights, &streaming_vb) {
-                (Weights::Resident(stages), _) => &stages[i],
-                (_, Some(vb)) => {
-                    built = self.config.stage(vb, i)?;
-                    &built
+        for (i, spec) in self.layers.iter().enumerate() {
+            let loaded;
+            let layer = match &self.weights {
+                Weights::Resident(layers) => &layers[i],
+                Weights::Streaming(vb) => {
+                    loaded = self.config.build(vb, spec)?;
+                    &loaded
                 }
-                _ => unreachable!("streaming weights always have a var builder"),
             };
-            x = match stage {
-                Stage::Head { conv_in, time } => {
+            x = match (layer, &spec.kind) {
+                (Layer::Head { conv_in, time }, _) => {
                     let c = &self.config;
                     let t = sinusoidal(
                         timestep,
@@ -223,25 +311,30 @@ impl UNet {
                         x.device(),
                     )?;
                     temb = time.forward(&t)?.to_dtype(x.dtype())?;
-                    let x = conv_in.forward(&x)?;
-                    skips.push(x.clone());
-                    x
+                    conv_in.forward(&x)?
                 }
-                Stage::Down(block) => {
-                    let (x, s) = block.forward(&x, &temb, text, self.attention_budget)?;
-                    skips.extend(s);
-                    x
+                (Layer::Resnet(block), Kind::Resnet { concat_skip, .. }) => {
+                    if *concat_skip {
+                        let skip = skips.pop().expect("one skip connection per up resnet");
+                        block.forward(&Tensor::cat(&[&x, &skip], 1)?, &temb)?
+                    } else {
+                        block.forward(&x, &temb)?
+                    }
                 }
-                Stage::Mid(block) => block.forward(&x, &temb, text, self.attention_budget)?,
-                Stage::Up(block) => {
-                    let u = i - n - 2;
-                    let target = (u + 1 < n).then(|| sizes[n - 2 - u]);
-                    block.forward(&x, &mut skips, &temb, text, self.attention_budget, target)?
+                (Layer::Attention(t), _) => t.forward(&x, text, self.attention_budget)?,
+                (Layer::Resample(conv), Kind::Upsample { level, .. }) => {
+                    let (th, tw) = sizes[*level];
+                    conv.forward(&x.upsample_nearest2d(th, tw)?)?
                 }
-                Stage::Tail { norm, conv_out } => {
+                (Layer::Resample(conv), _) => conv.forward(&x)?,
+                (Layer::Tail { norm, conv_out }, _) => {
                     conv_out.forward(&candle_nn::ops::silu(&norm.forward(&x)?)?)?
                 }
+                (Layer::Resnet(_), _) => unreachable!("resnet layers have resnet specs"),
             };
+            if spec.push_skip {
+                skips.push(x.clone());
+            }
         }
         Ok(x)
     }
