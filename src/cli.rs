@@ -1,7 +1,6 @@
 //! Command-line interface (`tessera --help`). `main.rs` only calls [`run`].
 
 use crate::model::{info, ModelDir};
-use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::spec::{self, Overrides, SpecFile};
 use crate::{synth, Result};
@@ -67,9 +66,22 @@ pub enum Command {
         /// Diffusers model folder [default: the spec's `model`, else the bundled tiny model].
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Print JSON (`windows_per_step`, `unet_evaluations`, `estimated_peak_bytes`, ...).
+        /// Print JSON (`windows_per_step`, `unet_evaluations`, `memory`, `estimated_peak_bytes`,
+        /// and under a budget `chosen`).
         #[arg(long)]
         json: bool,
+        /// Fit the plan into this much memory, as `render --max-memory` would.
+        #[arg(long, value_name = "SIZE")]
+        max_memory: Option<String>,
+        /// Plan with UNet weights streamed from disk.
+        #[arg(long)]
+        stream_weights: bool,
+        /// MiB of attention scores alive at once [default: 256].
+        #[arg(long, value_name = "MIB")]
+        attention_mib: Option<usize>,
+        /// VAE tile side in pixels (0: one piece) [default: 256].
+        #[arg(long, value_name = "PX")]
+        vae_tile: Option<usize>,
     },
     /// Measure the speed and memory of one component (figures for BENCHMARKS.md).
     #[command(subcommand)]
@@ -133,6 +145,15 @@ pub struct RenderArgs {
     /// bit-identical output, slower).
     #[arg(long)]
     pub stream_weights: bool,
+    /// MiB of attention scores (and feed-forward state) alive at once [default: 256]; smaller
+    /// saves memory at window size, at some speed.
+    #[arg(long, value_name = "MIB")]
+    pub attention_mib: Option<usize>,
+    /// Fit the render into this much memory (e.g. 800M, 2G): tessera chooses weight streaming,
+    /// attention chunking, VAE tile, window size and dtype, prints its choices, and refuses up
+    /// front when the budget cannot be met.
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<String>,
     /// After rendering, check the output against its guide picture (as `tessera check`, default
     /// thresholds); exit 1 if the check fails. Skipped when no guide was rendered.
     #[arg(long)]
@@ -214,6 +235,8 @@ impl RenderArgs {
             save_latents: self.save_latents.clone(),
             vae_tile: self.vae_tile,
             stream_weights: self.stream_weights,
+            attention_mib: self.attention_mib,
+            max_memory: self.max_memory.clone(),
         }
     }
 }
@@ -317,22 +340,67 @@ pub fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} {:?}", out.display(), latents.dims());
             Ok(())
         }
-        Command::Plan { spec, model, json } => {
+        Command::Plan {
+            spec,
+            model,
+            json,
+            max_memory,
+            stream_weights,
+            attention_mib,
+            vae_tile,
+        } => {
             let file = SpecFile::load(&spec)?;
             let overrides = Overrides {
                 model,
+                max_memory,
+                stream_weights,
+                attention_mib,
+                vae_tile,
                 ..Default::default()
             };
             let settings = spec::resolve(Some((&spec, file)), &overrides)?;
             let dir = ModelDir::open(&settings.model)?;
-            let plan = Plan::new(&settings, &crate::pipeline::model_facts(&dir)?)?;
+            let facts = crate::pipeline::model_facts(&dir)?;
+            let (fitted, plan, chosen) = crate::budget::fit(&settings, &facts)?;
             if json {
+                let mut value = serde_json::to_value(&plan).expect("serialisable");
+                value["chosen"] = serde_json::json!(chosen);
+                value["model_memory"] = serde_json::to_value(&facts.memory).expect("serialisable");
+                value["stream_weights"] = fitted.stream_weights.into();
+                value["attention_mib"] = (fitted.attention_budget >> 20).into();
+                value["vae_tile"] = fitted.tiles.vae.unwrap_or(0).into();
+                value["dtype"] = format!("{:?}", fitted.dtype).to_lowercase().into();
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&plan).expect("serialisable")
+                    serde_json::to_string_pretty(&value).expect("serialisable")
                 );
             } else {
                 print!("{plan}");
+                println!(
+                    "memory settings:   {}weights, attention chunks of {} MiB, VAE {}, {}",
+                    if fitted.stream_weights {
+                        "streamed "
+                    } else {
+                        "resident "
+                    },
+                    fitted.attention_budget >> 20,
+                    match fitted.tiles.vae {
+                        Some(t) => format!("tiles of {t} px"),
+                        None => "in one piece".into(),
+                    },
+                    format!("{:?}", fitted.dtype).to_lowercase()
+                );
+                if let Some(budget) = fitted.max_memory {
+                    println!(
+                        "memory budget:     {} ({})",
+                        crate::memory::mib(budget),
+                        if chosen.is_empty() {
+                            "fits as given".to_string()
+                        } else {
+                            format!("chose {}", chosen.join(", "))
+                        }
+                    );
+                }
             }
             Ok(())
         }

@@ -5,6 +5,7 @@
 //! spec → plan → prompts → guide → canvas denoise → tiled decode → output.
 
 pub mod bench;
+pub mod budget;
 pub mod canvas;
 pub mod check;
 pub mod cli;

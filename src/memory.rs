@@ -25,6 +25,19 @@ pub fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// Make the allocator hand large freed blocks back to the kernel at once. glibc serves blocks
+/// below its (self-raising, up to 32 MiB) mmap threshold from the heap and keeps them after
+/// they are freed, so a streamed UNet's layer-sized weights and activations would pile up in
+/// RSS. A fixed 1 MiB threshold maps every tensor of note separately and unmaps it on free.
+/// Used in low-memory runs only: fresh mappings cost page faults.
+pub fn release_freed_memory_promptly() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; glibc documents it as thread-safe.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// Bytes as MiB with one decimal, for reports.
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
@@ -34,6 +47,8 @@ pub fn mib(bytes: u64) -> String {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PhaseReport {
     pub phases: Vec<Phase>,
+    /// The plan's estimate of each phase's peak, shown beside the measured one.
+    pub estimate: Option<crate::budget::Estimate>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -68,14 +83,30 @@ impl PhaseReport {
 
 impl std::fmt::Display for PhaseReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{:<16} {:>9} {:>12}", "phase", "time", "peak RSS")?;
+        writeln!(
+            f,
+            "{:<16} {:>9} {:>12} {:>12} {:>9}",
+            "phase", "time", "peak RSS", "estimate", "measured/estimate"
+        )?;
         for p in &self.phases {
+            let estimate = self.estimate.as_ref().and_then(|e| {
+                e.phases()
+                    .into_iter()
+                    .find(|(name, _)| *name == p.name)
+                    .map(|(_, bytes)| bytes)
+            });
+            let (est, ratio) = match estimate {
+                Some(e) if e > 0 => (mib(e), format!("{:.2}", p.peak_rss_bytes as f64 / e as f64)),
+                _ => ("-".into(), "-".into()),
+            };
             writeln!(
                 f,
-                "{:<16} {:>8.1}s {:>12}",
+                "{:<16} {:>8.1}s {:>12} {:>12} {:>9}",
                 p.name,
                 p.seconds,
-                mib(p.peak_rss_bytes)
+                mib(p.peak_rss_bytes),
+                est,
+                ratio
             )?;
         }
         Ok(())

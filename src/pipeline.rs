@@ -1,8 +1,10 @@
 //! The render pipeline, top-down: spec → plan → prompts → guide → canvas denoise → decode →
 //! output. Each model lives only inside the phase that needs it.
 
+use crate::budget::MemoryFacts;
 use crate::canvas::{self, CanvasJob, Conditioning, Window};
 use crate::memory::PhaseReport;
+use crate::model::weights::WeightFile;
 use crate::model::{unet::UNet, vae, ModelDir};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::plan::{GuidePlan, ModelFacts, Plan, PlannedWindow};
@@ -32,10 +34,20 @@ pub struct Render<'a> {
     pub progress: Progress,
 }
 
-pub fn render(s: &Settings, progress: Progress) -> Result<RenderReport> {
-    let mut phases = PhaseReport::default();
-    let dir = ModelDir::open(&s.model)?;
-    let plan = Plan::new(s, &model_facts(&dir)?)?;
+pub fn render(settings: &Settings, progress: Progress) -> Result<RenderReport> {
+    let dir = ModelDir::open(&settings.model)?;
+    let (fitted, plan, chosen) = crate::budget::fit(settings, &model_facts(&dir)?)?;
+    let s = &fitted;
+    if let Some(budget) = s.max_memory {
+        progress.note(budget_note(budget, &chosen, &plan));
+    }
+    if s.stream_weights || s.max_memory.is_some() {
+        crate::memory::release_freed_memory_promptly();
+    }
+    let mut phases = PhaseReport {
+        estimate: Some(plan.memory),
+        ..Default::default()
+    };
     let conds = phases.run("encode prompts", || {
         encode_prompts(&dir, s.dtype, &plan.prompts)
     })?;
@@ -47,11 +59,12 @@ pub fn render(s: &Settings, progress: Progress) -> Result<RenderReport> {
         progress,
     };
     let unet_dtype = conv_dtype(s.dtype, &progress);
-    let unet = if s.stream_weights {
+    let mut unet = if s.stream_weights {
         r.dir.load_unet_streaming(unet_dtype)?
     } else {
         r.dir.load_unet(unet_dtype)?
     };
+    unet.attention_budget = s.attention_budget;
     let guide = match &plan.guide {
         Some(g) => Some(phases.run("guide pass", || r.guide_pass(&unet, &plan, g, &conds))?),
         None => None,
@@ -78,6 +91,19 @@ pub fn render(s: &Settings, progress: Progress) -> Result<RenderReport> {
         scheduler: r.kind,
         phases,
     })
+}
+
+/// What `--max-memory` chose, for the user.
+fn budget_note(budget: u64, chosen: &[String], plan: &Plan) -> String {
+    let what = match chosen {
+        [] => "the settings fit as given".to_string(),
+        _ => format!("chose {}", chosen.join(", ")),
+    };
+    format!(
+        "memory budget {}: {what}; estimated peak {}",
+        crate::memory::mib(budget),
+        crate::memory::mib(plan.memory.peak())
+    )
 }
 
 impl Render<'_> {
@@ -247,11 +273,43 @@ pub fn realize_windows(planned: &[PlannedWindow]) -> Result<Vec<Window>> {
 pub fn model_facts(dir: &ModelDir) -> Result<ModelFacts> {
     let unet = dir.unet_config()?;
     let info = crate::model::info::inspect(dir)?;
+    let open = |component, stem| -> Result<WeightFile> {
+        let path = dir.weights(component, stem)?;
+        Ok(WeightFile::open(&path)?)
+    };
+    // Each UNet tensor belongs to the layer with the longest matching prefix (the head, "",
+    // takes conv_in, the time embedding and the tail's norm and conv_out).
+    let prefixes = unet.layer_prefixes();
+    let mut per_layer = vec![0u64; prefixes.len()];
+    for (name, n) in open("unet", "diffusion_pytorch_model")?.numels() {
+        let layer = (0..prefixes.len())
+            .filter(|&i| name.starts_with(&format!("{}.", prefixes[i])) || prefixes[i].is_empty())
+            .max_by_key(|&i| prefixes[i].len())
+            .unwrap_or(0);
+        per_layer[layer] += n;
+    }
+    let (mut vae_encoder, mut vae_decoder) = (0, 0);
+    for (name, n) in open("vae", "diffusion_pytorch_model")?.numels() {
+        match name.starts_with("decoder.") || name.starts_with("post_quant_conv.") {
+            true => vae_decoder += n,
+            false => vae_encoder += n,
+        }
+    }
     Ok(ModelFacts {
         native_size: info.native_size,
-        unet_parameters: info.unet.parameters,
-        unet_channels: unet.block_out_channels[0],
-        unet_heads: unet.heads(0),
+        memory: MemoryFacts {
+            text_encoder_params: info.text_encoder.parameters,
+            unet_params: info.unet.parameters,
+            unet_largest_layer_params: per_layer.into_iter().max().unwrap_or(0),
+            unet_channels: unet.block_out_channels[0],
+            unet_heads: unet.heads(0),
+            vae_encoder_params: vae_encoder,
+            vae_decoder_params: vae_decoder,
+            vae_channels: {
+                let ch = dir.vae_config()?.block_out_channels;
+                ch.get(1).or(ch.first()).copied().unwrap_or(0)
+            },
+        },
     })
 }
 

@@ -2,6 +2,7 @@
 //! conditionings, image regions and the guide pass, plus counts and a memory estimate
 //! (`tessera plan`).
 
+use crate::budget::{Estimate, MemoryFacts};
 use crate::spec::{RegionKind, Settings, TextPrompt};
 use crate::tiles::{self, Mask, Rect};
 use crate::{Error, Result};
@@ -11,9 +12,17 @@ use std::path::PathBuf;
 #[derive(Debug, Clone)]
 pub struct ModelFacts {
     pub native_size: usize,
-    pub unet_parameters: u64,
-    pub unet_channels: usize,
-    pub unet_heads: usize,
+    pub memory: MemoryFacts,
+}
+
+impl ModelFacts {
+    /// Facts for planning geometry only (the memory estimate is then meaningless).
+    pub fn geometry_only(native_size: usize) -> Self {
+        Self {
+            native_size,
+            memory: MemoryFacts::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -64,6 +73,8 @@ pub struct Plan {
     pub guide: Option<GuidePlan>,
     pub windows_per_step: usize,
     pub unet_evaluations: usize,
+    /// Estimated peak RSS of each phase (see `budget`).
+    pub memory: Estimate,
     pub estimated_peak_bytes: u64,
 }
 
@@ -225,9 +236,11 @@ impl Plan {
             image_regions,
             seeded,
             guide,
+            memory: Estimate::default(),
             estimated_peak_bytes: 0,
         };
-        plan.estimated_peak_bytes = estimate_peak(&plan, m, s.dtype.size_in_bytes());
+        plan.memory = crate::budget::estimate(&plan, &m.memory, s);
+        plan.estimated_peak_bytes = plan.memory.peak();
         Ok(plan)
     }
 }
@@ -276,17 +289,6 @@ pub fn native_aspect(width: usize, height: usize, native: usize) -> (usize, usiz
     let scale = native as f64 / width.max(height) as f64;
     let side = |v: usize| (((v as f64 * scale) / 8.0).round() as usize).max(1) * 8;
     (side(width), side(height))
-}
-
-/// A first-order peak-memory model: UNet weights + one window's largest activations (the
-/// full-resolution attention scores of both CFG branches dominate) + the canvas buffers.
-fn estimate_peak(plan: &Plan, m: &ModelFacts, dtype_bytes: usize) -> u64 {
-    let weights = m.unet_parameters * dtype_bytes as u64;
-    let tokens = (plan.window.0 / 8 * plan.window.1 / 8) as u64;
-    let scores = 2 * m.unet_heads as u64 * tokens * tokens * 4 * 2;
-    let features = 2 * m.unet_channels as u64 * tokens * 4 * 24;
-    let canvas = (plan.width / 8 * plan.height / 8) as u64 * 4 * 4 * 6;
-    weights + scores + features + canvas
 }
 
 impl std::fmt::Display for Plan {
@@ -345,6 +347,16 @@ impl std::fmt::Display for Plan {
             "UNet evaluations:  {} (each a CFG pair)",
             self.unet_evaluations
         )?;
+        writeln!(f, "estimated peak RSS per phase:")?;
+        for (phase, bytes) in self.memory.phases() {
+            if bytes > 0 {
+                writeln!(
+                    f,
+                    "  {phase:<16} {:>8.0} MiB",
+                    bytes as f64 / (1u64 << 20) as f64
+                )?;
+            }
+        }
         writeln!(
             f,
             "estimated peak:    {:.0} MiB",

@@ -37,6 +37,10 @@ pub struct CanvasTable {
     pub dtype: Option<String>,
     /// Stream UNet weights stage by stage from disk (low-RAM runs).
     pub stream_weights: Option<bool>,
+    /// MiB of attention scores (and feed-forward state) alive at once.
+    pub attention_mib: Option<usize>,
+    /// A memory budget such as "800M" or "2G": tessera picks settings that fit it.
+    pub max_memory: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
@@ -125,6 +129,8 @@ pub struct Overrides {
     pub save_latents: Option<PathBuf>,
     pub vae_tile: Option<usize>,
     pub stream_weights: bool,
+    pub attention_mib: Option<usize>,
+    pub max_memory: Option<String>,
 }
 
 /// A prompt with its negative and guidance scale.
@@ -199,6 +205,10 @@ pub struct Settings {
     pub dtype: DType,
     /// Load each UNet stage from disk right before it runs (output is bit-identical).
     pub stream_weights: bool,
+    /// Bytes of attention scores (and feed-forward state) alive at once.
+    pub attention_budget: usize,
+    /// The memory budget in bytes, if any (settings are then fitted to it, see `budget`).
+    pub max_memory: Option<u64>,
     /// The global prompt; `None` when a spec has regions and no `[prompt]`.
     pub background: Option<TextPrompt>,
     pub regions: Vec<Region>,
@@ -240,6 +250,24 @@ impl SpecFile {
             Error::input(path, field.as_deref(), message, fix)
         })
     }
+}
+
+/// A memory size: a number with an optional K/M/G/T suffix (powers of 1024, as cgroups read
+/// them; "MB", "MiB" and "M" are all MiB), a bare number is bytes.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (number, unit) = (t[..split].trim(), t[split..].trim().to_ascii_lowercase());
+    let shift = match unit.trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return None,
+    };
+    let value: f64 = number.parse().ok()?;
+    (value.is_finite() && value > 0.0).then(|| (value * (1u64 << shift) as f64) as u64)
 }
 
 /// Resolve a spec (or none: flags alone) plus overrides into validated settings.
@@ -348,6 +376,27 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         scheduler,
         dtype,
         stream_weights: o.stream_weights || c.stream_weights.unwrap_or(false),
+        attention_budget: match o.attention_mib.or(c.attention_mib) {
+            Some(0) => {
+                return Err(bad(
+                    "canvas.attention_mib",
+                    "0 MiB of attention".into(),
+                    "use at least 1 (MiB), or leave it out for the default",
+                ))
+            }
+            Some(mib) => mib << 20,
+            None => crate::model::unet::DEFAULT_ATTENTION_BUDGET,
+        },
+        max_memory: match o.max_memory.as_ref().or(c.max_memory.as_ref()) {
+            Some(text) => Some(parse_bytes(text).ok_or_else(|| {
+                bad(
+                    "canvas.max_memory",
+                    format!("{text:?} is not a memory size"),
+                    "write a size such as \"800M\", \"1.5G\" or \"2048MiB\" (K, M, G are powers of 1024)",
+                )
+            })?),
+            None => None,
+        },
         background,
         regions,
         tiles,
@@ -379,6 +428,8 @@ impl Settings {
                 scheduler: Some(scheduler.name().to_string()),
                 dtype: Some(format!("{:?}", self.dtype).to_lowercase()),
                 stream_weights: Some(self.stream_weights),
+                attention_mib: Some(self.attention_budget >> 20),
+                max_memory: None,
             },
             prompt: self.background.as_ref().map(|p| PromptTable {
                 text: p.text.clone(),

@@ -291,3 +291,71 @@ fn streaming_weights_render_is_bit_identical() {
     }
     assert_eq!(max_abs_diff(&latents[0], &latents[1]), 0.0);
 }
+
+#[test]
+fn an_impossible_memory_budget_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("out.png");
+    let model = tiny_model_dir();
+    let args = [
+        "render",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        "--steps",
+        "1",
+        "--max-memory",
+        "20M",
+        "--out",
+        png.to_str().unwrap(),
+    ];
+    expect_input_error(
+        &args,
+        &["canvas.max_memory", "cannot be met", "--max-memory"],
+    );
+    assert!(!png.exists(), "no output may be written");
+    let mut bad_size = args;
+    bad_size[12] = "lots";
+    expect_input_error(&bad_size, &["canvas.max_memory", "not a memory size"]);
+}
+
+#[test]
+fn a_memory_budget_is_reported_with_its_choices_and_estimates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("out.png");
+    let model = tiny_model_dir();
+    let o = tessera(&[
+        "render",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        "--steps",
+        "1",
+        "--max-memory",
+        "1G",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("memory budget 1024.0 MiB: the settings fit as given"),
+        "{err}"
+    );
+    // The phase table shows each measured peak beside its estimate.
+    let canvas = err
+        .lines()
+        .find(|l| l.starts_with("canvas denoise"))
+        .unwrap_or_else(|| panic!("no canvas phase in {err}"));
+    assert_eq!(canvas.matches("MiB").count(), 2, "{canvas}");
+}

@@ -95,15 +95,32 @@ impl WeightFile {
         })
     }
 
+    /// Every tensor's name and element count, from the header.
+    pub fn numels(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.tensors
+            .iter()
+            .map(|(name, e)| (name.as_str(), e.shape.iter().product::<usize>() as u64))
+    }
+
     pub fn load(&self, name: &str, dtype: DType) -> Result<Tensor> {
         let e = self
             .tensors
             .get(name)
             .ok_or_else(|| bad(&self.path, format!("no tensor named {name}")))?;
+        let read = |buf: &mut [u8]| {
+            self.file
+                .read_exact_at(buf, e.start)
+                .map_err(|err| bad(&self.path, err))
+        };
+        if e.dtype == DType::F32 && cfg!(target_endian = "little") {
+            // Read straight into the tensor's own buffer: no transient byte copy, which for the
+            // largest streamed layer (180 MiB) would set the peak.
+            let mut values = vec![0f32; e.len / 4];
+            read(bytemuck::cast_slice_mut(&mut values))?;
+            return Tensor::from_vec(values, e.shape.as_slice(), &Device::Cpu)?.to_dtype(dtype);
+        }
         let mut bytes = vec![0u8; e.len];
-        self.file
-            .read_exact_at(&mut bytes, e.start)
-            .map_err(|err| bad(&self.path, err))?;
+        read(&mut bytes)?;
         Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, &Device::Cpu)?.to_dtype(dtype)
     }
 

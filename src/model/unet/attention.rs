@@ -6,7 +6,7 @@ use super::embeddings::{group_norm, layer_norm, F32Norm};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{conv2d, linear, linear_no_bias, Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
 
-/// Default bytes of attention scores alive at once.
+/// Default bytes of attention scores (and feed-forward hidden state) alive at once.
 pub const DEFAULT_ATTENTION_BUDGET: usize = 256 << 20;
 
 /// softmax(q kᵀ · scale) v over (B, heads, n, d) tensors, in query chunks, scores in f32.
@@ -94,7 +94,24 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// GEGLU feed-forward, a chunk of tokens at a time so that its 8x-wide hidden state
+    /// stays within `budget` bytes (rows are independent: chunking changes values only by
+    /// the float rounding of a different matmul summation order).
+    fn forward(&self, x: &Tensor, budget: usize) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let hidden_bytes_per_token = b * self.proj.weight().dim(0)? * 4 * 2;
+        let chunk = (budget / hidden_bytes_per_token.max(1)).clamp(1, n);
+        if chunk == n {
+            return self.forward_all(x);
+        }
+        let parts = (0..n)
+            .step_by(chunk)
+            .map(|start| self.forward_all(&x.narrow(1, start, chunk.min(n - start))?))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 1)
+    }
+
+    fn forward_all(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(x)?;
         let parts = h.chunk(2, D::Minus1)?;
         // GEGLU with the exact (erf) GELU, as diffusers.
@@ -131,7 +148,7 @@ impl TransformerBlock {
             .attn2
             .forward(&self.norm2.forward(&x)?, context, budget)?
             + &x)?;
-        self.ff.forward(&self.norm3.forward(&x)?)? + x
+        self.ff.forward(&self.norm3.forward(&x)?, budget)? + x
     }
 }
 

@@ -105,6 +105,12 @@ impl UNetConfig {
         }
     }
 
+    /// Weight-name prefixes of the forward pass's layers, in order ("" is the head: conv_in
+    /// and the time embedding).
+    pub fn layer_prefixes(&self) -> Vec<String> {
+        self.layer_specs().into_iter().map(|l| l.prefix).collect()
+    }
+
     /// The layer sequence of the forward pass, in order.
     fn layer_specs(&self) -> Vec<LayerSpec> {
         let ch = &self.block_out_channels;
@@ -334,6 +340,15 @@ impl UNet {
             };
             if spec.push_skip {
                 skips.push(x.clone());
+            }
+            // Profiling aid (BENCHMARKS.md): RSS after each layer, to see which one sets a peak.
+            if std::env::var_os("TESSERA_MEMTRACE").is_some() {
+                eprintln!(
+                    "memtrace {:<32} rss {:>6} MiB  peak {:>6} MiB",
+                    spec.prefix,
+                    crate::memory::rss_bytes() >> 20,
+                    crate::memory::peak_rss_bytes() >> 20
+                );
             }
         }
         Ok(x)

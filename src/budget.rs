@@ -1,0 +1,257 @@
+//! Memory: the peak RSS each phase of a render will reach, estimated from the plan and the
+//! weight headers, and the settings that fit a `--max-memory` budget.
+//!
+//! The estimate is a sum of what each phase holds at its peak: a fixed base (binary, tokenizer,
+//! runtime), the weights alive at that moment, and activation terms proportional to what sets
+//! them (tokens x channels of a UNet window, pixels x channels of a VAE tile). The activation
+//! constants were fitted to measured phase peaks of full-size SD 1.5 and checked on the tiny
+//! model (BENCHMARKS.md, "Memory"); when the code's memory behaviour changes, re-measure them.
+
+use crate::plan::Plan;
+use crate::spec::Settings;
+use crate::{Error, Result};
+
+const MIB: u64 = 1 << 20;
+/// Process base: binary, tokenizer, allocator and runtime state.
+const BASE: u64 = 48 * MIB;
+/// UNet activations at window resolution, in units of batch x tokens x channels[0] x 4 bytes
+/// (skip connections, residual streams and the transformer's token tensors).
+const UNET_TOP_UNITS: f64 = 22.0;
+/// A streamed layer's weights are read once and then copied once more by the convolution
+/// kernels (candle reshapes the kernel), plus the im2col of deep, narrow layers.
+const STREAMED_LAYER_COPIES: f64 = 2.2;
+/// VAE activations per tile, in units of tile pixels x channels x 4 bytes, where channels are
+/// those entering the decoder's full-resolution stage (`block_out_channels[1]`): that stage's
+/// upsampling convolution is the largest.
+const VAE_TILE_UNITS: f64 = 4.6;
+/// Headroom kept free under a budget for what the estimate cannot see (page cache, jitter).
+const HEADROOM: f64 = 0.9;
+
+/// Sizes the estimate needs, from configs and weight headers (no weights are loaded).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MemoryFacts {
+    pub text_encoder_params: u64,
+    pub unet_params: u64,
+    /// Parameters of the largest single UNet layer (what a streamed UNet holds at once).
+    pub unet_largest_layer_params: u64,
+    pub unet_channels: usize,
+    pub unet_heads: usize,
+    pub vae_encoder_params: u64,
+    pub vae_decoder_params: u64,
+    /// Channels entering the VAE decoder's full-resolution stage.
+    pub vae_channels: usize,
+}
+
+/// Estimated peak RSS of each phase, in bytes.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Estimate {
+    pub encode_prompts: u64,
+    pub guide_pass: u64,
+    pub canvas_denoise: u64,
+    pub decode: u64,
+}
+
+impl Estimate {
+    pub fn peak(&self) -> u64 {
+        self.encode_prompts
+            .max(self.guide_pass)
+            .max(self.canvas_denoise)
+            .max(self.decode)
+    }
+
+    /// `(phase, bytes)` in render order, matching the names of [`crate::memory::PhaseReport`].
+    pub fn phases(&self) -> [(&'static str, u64); 4] {
+        [
+            ("encode prompts", self.encode_prompts),
+            ("guide pass", self.guide_pass),
+            ("canvas denoise", self.canvas_denoise),
+            ("decode", self.decode),
+        ]
+    }
+}
+
+/// The per-phase estimate of a planned render with these settings.
+pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
+    let unet_bytes = conv_dtype_bytes(s);
+    let cfg = plan.prompts.iter().any(|p| p.guidance > 1.0);
+    let unet = |window: (usize, usize)| unet_peak(m, s, unet_bytes, window, cfg);
+    let vae_tile = |w: usize, h: usize| s.tiles.vae.unwrap_or(w.max(h)).min(w.max(h)) as u64;
+    let tile_act =
+        |side: u64| (VAE_TILE_UNITS * (side * side * m.vae_channels as u64 * 4) as f64) as u64;
+    let image = |w: usize, h: usize| (w * h * 3 * 4) as u64;
+    let canvas_latents = (plan.width / 8 * plan.height / 8 * 4 * 4) as u64 * 8;
+
+    let encode_prompts = BASE
+        + m.text_encoder_params * s.dtype.size_in_bytes() as u64
+        + plan.prompts.len() as u64 * 2 * 77 * 1024 * 4;
+    // The decoded picture is held once (f32); the encoder holds the upscaled guide and its
+    // copy in the scratch store's write buffer.
+    let decode_at =
+        |w: usize, h: usize| m.vae_decoder_params * 4 + tile_act(vae_tile(w, h)) + image(w, h);
+    let encode_at =
+        |w: usize, h: usize| m.vae_encoder_params * 4 + tile_act(vae_tile(w, h)) + 2 * image(w, h);
+    let guide_pass = plan.guide.as_ref().map_or(0, |g| {
+        let render = match g.image {
+            Some(_) => 0,
+            None => unet((g.width, g.height)).max(decode_at(g.width, g.height)),
+        };
+        BASE + canvas_latents + render.max(encode_at(plan.width, plan.height))
+    });
+    Estimate {
+        encode_prompts,
+        guide_pass,
+        canvas_denoise: BASE + canvas_latents + unet(plan.window),
+        decode: BASE + canvas_latents + decode_at(plan.width, plan.height),
+    }
+}
+
+fn conv_dtype_bytes(s: &Settings) -> u64 {
+    // bf16 convolutions run in f32 on CPU (see `pipeline::conv_dtype`).
+    match s.dtype {
+        candle_core::DType::BF16 => 4,
+        d => d.size_in_bytes() as u64,
+    }
+}
+
+/// The UNet's own peak on one window: weights held, plus the larger of the window-resolution
+/// activations and (when streaming) the largest layer in flight.
+fn unet_peak(m: &MemoryFacts, s: &Settings, bytes: u64, window: (usize, usize), cfg: bool) -> u64 {
+    let batch = if cfg { 2 } else { 1 };
+    let tokens = (window.0 / 8 * window.1 / 8) as u64;
+    let unit = batch * tokens * m.unet_channels as u64 * 4;
+    let scores = batch * m.unet_heads as u64 * tokens * tokens * 4;
+    // Scores and their softmax are alive together, each within the attention budget.
+    let attention = 2 * scores.min(s.attention_budget as u64);
+    let top = (UNET_TOP_UNITS * unit as f64) as u64 + attention;
+    let layer = m.unet_largest_layer_params * bytes;
+    if s.stream_weights {
+        top.max((STREAMED_LAYER_COPIES * layer as f64) as u64)
+    } else {
+        m.unet_params * bytes + top.max(layer)
+    }
+}
+
+/// Fit `s` to its `max_memory`: relax, in order of cost to speed and quality, the attention
+/// chunk, weight streaming, the VAE tile, the window size (unless the spec fixes it) and the
+/// dtype, until the estimate fits with headroom. Returns the settings and what was chosen;
+/// an impossible budget is an error that names the smallest estimate found.
+pub fn fit(s: &Settings, facts: &crate::plan::ModelFacts) -> Result<(Settings, Plan, Vec<String>)> {
+    let original = s;
+    let mut s = s.clone();
+    let mut plan = Plan::new(&s, facts)?;
+    let Some(budget) = s.max_memory else {
+        return Ok((s, plan, Vec::new()));
+    };
+    let limit = (budget as f64 * HEADROOM) as u64;
+    let window_fixed = s.tiles.size.is_some();
+    let native = facts.native_size;
+    type Step = Box<dyn Fn(&mut Settings) -> bool>;
+    let steps: Vec<Step> = vec![
+        Box::new(|s| shrink_attention(s, 64)),
+        Box::new(|s| shrink_attention(s, 16)),
+        Box::new(|s| !std::mem::replace(&mut s.stream_weights, true)),
+        Box::new(|s| shrink_vae_tile(s, 256)),
+        Box::new(|s| shrink_vae_tile(s, 128)),
+        Box::new(move |s| !window_fixed && shrink_window(s, native, native * 3 / 4)),
+        Box::new(move |s| !window_fixed && shrink_window(s, native, native / 2)),
+        Box::new(|s| {
+            s.dtype == candle_core::DType::F32 && {
+                s.dtype = candle_core::DType::F16;
+                true
+            }
+        }),
+    ];
+    for step in &steps {
+        if plan.memory.peak() <= limit {
+            break;
+        }
+        if step(&mut s) {
+            plan = Plan::new(&s, facts)?;
+        }
+    }
+    if plan.memory.peak() > limit {
+        return Err(Error::input(
+            &s.origin,
+            Some("canvas.max_memory"),
+            format!(
+                "a budget of {} cannot be met: the leanest settings ({}) are estimated at {} \
+                 (and {:.0}% of the budget is kept free)",
+                crate::memory::mib(budget),
+                changes(original, &s).join(", "),
+                crate::memory::mib(plan.memory.peak()),
+                (1.0 - HEADROOM) * 100.0
+            ),
+            format!(
+                "raise --max-memory to at least {:.0}M, or use a smaller model",
+                (plan.memory.peak() as f64 / HEADROOM / MIB as f64).ceil()
+            ),
+        ));
+    }
+    // A later step (streaming) may have made an earlier one (small attention chunks, which
+    // cost speed) unnecessary: give back what still fits.
+    for mib in [64, original.attention_budget >> 20] {
+        if s.attention_budget < mib << 20 && mib << 20 <= original.attention_budget {
+            let mut wider = s.clone();
+            wider.attention_budget = mib << 20;
+            let wider_plan = Plan::new(&wider, facts)?;
+            if wider_plan.memory.peak() <= limit {
+                (s, plan) = (wider, wider_plan);
+            }
+        }
+    }
+    let chosen = changes(original, &s);
+    Ok((s, plan, chosen))
+}
+
+/// What fitting changed, in words.
+fn changes(from: &Settings, to: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    if to.attention_budget != from.attention_budget {
+        out.push(format!(
+            "attention chunks of {} MiB",
+            to.attention_budget >> 20
+        ));
+    }
+    if to.stream_weights != from.stream_weights {
+        out.push("UNet weights streamed from disk layer by layer".into());
+    }
+    if to.tiles.vae != from.tiles.vae {
+        out.push(format!("VAE tiles of {} px", to.tiles.vae.unwrap_or(0)));
+    }
+    if let (Some((w, h)), None) = (to.tiles.size, from.tiles.size) {
+        out.push(format!("windows of {w}x{h} px"));
+    }
+    if to.dtype != from.dtype {
+        out.push(format!("{:?} weights", to.dtype).to_lowercase());
+    }
+    out
+}
+
+fn shrink_attention(s: &mut Settings, mib: usize) -> bool {
+    let bytes = mib << 20;
+    (s.attention_budget > bytes) && {
+        s.attention_budget = bytes;
+        true
+    }
+}
+
+fn shrink_vae_tile(s: &mut Settings, px: usize) -> bool {
+    (s.tiles.vae.is_none_or(|t| t > px)) && {
+        s.tiles.vae = Some(px);
+        true
+    }
+}
+
+/// Square windows of `px` (a multiple of 64), if smaller than the window planned now.
+fn shrink_window(s: &mut Settings, native: usize, px: usize) -> bool {
+    let px = (px / 64).max(1) * 64;
+    let (w, h) = s.tiles.size.unwrap_or((native, native));
+    let canvas_w = s.width.unwrap_or(native);
+    let canvas_h = s.height.unwrap_or(native);
+    if px >= w.min(canvas_w).min(h.min(canvas_h)) {
+        return false;
+    }
+    s.tiles.size = Some((px, px));
+    s.tiles.overlap = s.tiles.overlap.map(|o| o.min(px / 4));
+    true
+}

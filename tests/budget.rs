@@ -1,0 +1,101 @@
+//! The memory budget: estimates that follow the window, not the canvas, and `--max-memory`
+//! choosing settings or refusing. Measured peaks are benchmarks (BENCHMARKS.md), not tests.
+
+use std::path::Path;
+use tessera::budget::{self, MemoryFacts};
+use tessera::plan::{ModelFacts, Plan};
+use tessera::spec::{self, Overrides, SpecFile};
+
+/// Full-size SD 1.5, as `tessera plan --json` reads it from the weight headers
+/// (`model_memory` of `tessera model synth --arch sd15`).
+fn sd15() -> ModelFacts {
+    ModelFacts {
+        native_size: 512,
+        memory: MemoryFacts {
+            text_encoder_params: 123_060_480,
+            unet_params: 859_520_964,
+            unet_largest_layer_params: 49_164_800,
+            unet_channels: 320,
+            unet_heads: 8,
+            vae_encoder_params: 34_163_664,
+            vae_decoder_params: 49_490_199,
+            vae_channels: 256,
+        },
+    }
+}
+
+fn settings(side: usize, max_memory: Option<&str>, extra: &str) -> spec::Settings {
+    let text = format!(
+        "[canvas]\nwidth = {side}\nheight = {side}\nsteps = 1\n{extra}\n\
+         [prompt]\ntext = \"a poster\"\n[tiles]\nsize = 512\noverlap = 128\n\
+         [guide]\nsteps = 1\nstrength = 1.0\n"
+    );
+    let path = Path::new("poster.toml");
+    let file = SpecFile::parse(&text, path).unwrap();
+    let o = Overrides {
+        model: Some("unused".into()),
+        max_memory: max_memory.map(String::from),
+        ..Default::default()
+    };
+    spec::resolve(Some((path, file)), &o).unwrap()
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn canvas_estimate_follows_the_window_not_the_canvas() {
+    let facts = sd15();
+    let stream = "stream_weights = true";
+    let small = Plan::new(&settings(512, None, stream), &facts).unwrap();
+    let large = Plan::new(&settings(2048, None, stream), &facts).unwrap();
+    let ratio = large.memory.canvas_denoise as f64 / small.memory.canvas_denoise as f64;
+    assert!(
+        (1.0..1.05).contains(&ratio),
+        "canvas phase grows {ratio:.3}x"
+    );
+    // Held weights cost the whole UNet (3.4 GB in f32); streamed, about two layers.
+    let held = Plan::new(&settings(512, None, ""), &facts).unwrap();
+    assert!(held.memory.canvas_denoise > small.memory.canvas_denoise + 3000 * MIB);
+}
+
+#[test]
+fn a_budget_that_fits_changes_nothing() {
+    let s = settings(2048, Some("64G"), "");
+    let (fitted, plan, chosen) = budget::fit(&s, &sd15()).unwrap();
+    assert!(chosen.is_empty(), "{chosen:?}");
+    assert!(!fitted.stream_weights);
+    assert!(plan.memory.peak() < 64 << 30);
+}
+
+#[test]
+fn an_800m_budget_streams_weights_and_fits_with_headroom() {
+    let s = settings(2048, Some("800M"), "");
+    let (fitted, plan, chosen) = budget::fit(&s, &sd15()).unwrap();
+    assert!(fitted.stream_weights, "{chosen:?}");
+    assert!(chosen.iter().any(|c| c.contains("streamed")), "{chosen:?}");
+    assert!(plan.memory.peak() <= 720 * MIB, "{:?}", plan.memory);
+    // Only what was needed: the window and dtype are left alone.
+    assert_eq!(fitted.dtype, candle_core::DType::F32);
+    assert_eq!(plan.window, (512, 512));
+}
+
+#[test]
+fn an_impossible_budget_is_refused_up_front_naming_the_field_and_the_fix() {
+    let s = settings(2048, Some("200M"), "");
+    let err = budget::fit(&s, &sd15()).unwrap_err().to_string();
+    assert!(err.contains("canvas.max_memory"), "{err}");
+    assert!(err.contains("cannot be met"), "{err}");
+    assert!(err.contains("raise --max-memory to at least"), "{err}");
+}
+
+#[test]
+fn memory_sizes_parse_like_cgroup_limits() {
+    assert_eq!(spec::parse_bytes("800M"), Some(800 * MIB));
+    assert_eq!(spec::parse_bytes("800MB"), Some(800 * MIB));
+    assert_eq!(spec::parse_bytes("800 MiB"), Some(800 * MIB));
+    assert_eq!(spec::parse_bytes("1.5G"), Some(1536 * MIB));
+    assert_eq!(spec::parse_bytes("4096"), Some(4096));
+    for bad in ["", "M", "-5M", "800X", "lots"] {
+        assert_eq!(spec::parse_bytes(bad), None, "{bad:?}");
+    }
+}
