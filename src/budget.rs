@@ -97,10 +97,17 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
         };
         BASE + canvas_latents + render.max(encode_at(plan.width, plan.height))
     });
+    // Image regions are encoded at the start of the canvas pass, before any UNet work.
+    let regions = plan
+        .image_regions
+        .iter()
+        .map(|r| encode_at(r.rect.w * 8, r.rect.h * 8))
+        .max()
+        .unwrap_or(0);
     Estimate {
         encode_prompts,
         guide_pass,
-        canvas_denoise: BASE + canvas_latents + unet(plan.window),
+        canvas_denoise: BASE + canvas_latents + unet(plan.window).max(regions),
         decode: BASE + canvas_latents + decode_at(plan.width, plan.height),
     }
 }

@@ -99,3 +99,23 @@ fn memory_sizes_parse_like_cgroup_limits() {
         assert_eq!(spec::parse_bytes(bad), None, "{bad:?}");
     }
 }
+
+#[test]
+fn an_image_region_counts_its_encode_in_the_canvas_phase() {
+    let mut s = settings(2048, None, "stream_weights = true");
+    s.tiles.vae = None; // encoded in one piece, a 2048 px region outweighs a streamed window
+    let mut plan = Plan::new(&s, &sd15()).unwrap();
+    let without = budget::estimate(&plan, &sd15().memory, &s).canvas_denoise;
+    plan.image_regions.push(tessera::plan::ImageRegion {
+        rect: tessera::tiles::Rect {
+            y: 0,
+            x: 0,
+            h: 256,
+            w: 256,
+        },
+        image: "region.png".into(),
+        strength: 0.5,
+    });
+    let with = budget::estimate(&plan, &sd15().memory, &s).canvas_denoise;
+    assert!(with > without, "{with} <= {without}");
+}
