@@ -90,12 +90,17 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
         |w: usize, h: usize| m.vae_decoder_params * 4 + tile_act(vae_tile(w, h)) + image(w, h);
     let encode_at =
         |w: usize, h: usize| m.vae_encoder_params * 4 + tile_act(vae_tile(w, h)) + 2 * image(w, h);
+    // A decoder that decoded the guide and stays for the final decode.
+    let kept_decoder = match &plan.guide {
+        Some(g) if g.image.is_none() && s.keep_decoder => m.vae_decoder_params * 4,
+        _ => 0,
+    };
     let guide_pass = plan.guide.as_ref().map_or(0, |g| {
         let render = match g.image {
             Some(_) => 0,
             None => unet((g.width, g.height)).max(decode_at(g.width, g.height)),
         };
-        BASE + canvas_latents + render.max(encode_at(plan.width, plan.height))
+        BASE + canvas_latents + render.max(kept_decoder + encode_at(plan.width, plan.height))
     });
     // Image regions are encoded at the start of the canvas pass, before any UNet work.
     let regions = plan
@@ -107,7 +112,7 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
     Estimate {
         encode_prompts,
         guide_pass,
-        canvas_denoise: BASE + canvas_latents + unet(plan.window).max(regions),
+        canvas_denoise: BASE + canvas_latents + kept_decoder + unet(plan.window).max(regions),
         decode: BASE + canvas_latents + decode_at(plan.width, plan.height),
     }
 }
@@ -150,6 +155,13 @@ pub fn fit(s: &Settings, facts: &crate::plan::ModelFacts) -> Result<(Settings, P
         return Ok((s, plan, Vec::new()));
     };
     let limit = (budget as f64 * HEADROOM) as u64;
+    // Under a budget the decoder is read again for the final decode (a fraction of a second)
+    // rather than held through the canvas pass, so the choice does not depend on canvas size.
+    let guide_rendered = plan.guide.as_ref().is_some_and(|g| g.image.is_none());
+    if s.keep_decoder && guide_rendered {
+        s.keep_decoder = false;
+        plan = Plan::new(&s, facts)?;
+    }
     let window_fixed = s.tiles.size.is_some();
     let native = facts.native_size;
     type Step = Box<dyn Fn(&mut Settings) -> bool>;
@@ -195,7 +207,7 @@ pub fn fit(s: &Settings, facts: &crate::plan::ModelFacts) -> Result<(Settings, P
         ));
     }
     // A later step (streaming) may have made an earlier one (small attention chunks, which
-    // cost speed) unnecessary: give back what still fits.
+    // cost time) unnecessary: give back what still fits.
     for mib in [64, original.attention_budget >> 20] {
         if s.attention_budget < mib << 20 && mib << 20 <= original.attention_budget {
             let mut wider = s.clone();
@@ -218,6 +230,9 @@ fn changes(from: &Settings, to: &Settings) -> Vec<String> {
             "attention chunks of {} MiB",
             to.attention_budget >> 20
         ));
+    }
+    if to.keep_decoder != from.keep_decoder {
+        out.push("VAE decoder read again for the final decode".into());
     }
     if to.stream_weights != from.stream_weights {
         out.push("UNet weights streamed from disk layer by layer".into());

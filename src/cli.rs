@@ -158,6 +158,10 @@ pub struct RenderArgs {
     /// thresholds); exit 1 if the check fails. Skipped when no guide was rendered.
     #[arg(long)]
     pub check: bool,
+    /// Print the render report (output, plan, per-phase time and peak memory beside the
+    /// estimate, model loads; with --check, the check report under `check`) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +245,32 @@ impl RenderArgs {
     }
 }
 
+fn loads_line(loads: &std::collections::BTreeMap<&str, usize>) -> String {
+    let parts: Vec<String> = loads.iter().map(|(m, n)| format!("{m} x{n}")).collect();
+    parts.join(", ")
+}
+
+fn render_json(
+    r: &crate::pipeline::RenderReport,
+    check: Option<&crate::check::CheckReport>,
+) -> String {
+    let value = serde_json::json!({
+        "output": r.output,
+        "guide": r.guide,
+        "width": r.plan.width,
+        "height": r.plan.height,
+        "scheduler": r.scheduler.name(),
+        "windows_per_step": r.plan.windows_per_step,
+        "unet_evaluations": r.plan.unet_evaluations,
+        "phases": r.phases.phases,
+        "estimate": r.plan.memory,
+        "estimated_peak_bytes": r.plan.memory.peak(),
+        "model_loads": r.loads,
+        "check": check,
+    });
+    serde_json::to_string(&value).expect("serialisable")
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Render(args) => {
@@ -256,6 +286,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 eprintln!("guide: {}", guide.display());
             }
             eprint!("{}", report.phases);
+            eprintln!("models loaded: {}", loads_line(&report.loads));
             eprintln!(
                 "wrote {} ({}x{}, {}, {} windows per step, {} UNet evaluations)",
                 report.output.display(),
@@ -265,8 +296,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 report.plan.windows_per_step,
                 report.plan.unet_evaluations
             );
-            if args.check {
-                crate::check::after_render(&report)?;
+            let check = match args.check {
+                true => crate::check::after_render(&report)?,
+                false => None,
+            };
+            if args.json {
+                println!("{}", render_json(&report, check.as_ref()));
+            }
+            if let Some(check) = &check {
+                crate::check::conclude(check, args.json)?;
             }
             Ok(())
         }

@@ -4,6 +4,7 @@
 //! The pipeline reads top-down in [`pipeline::render`]:
 //! spec → plan → prompts → guide → canvas denoise → tiled decode → output.
 
+pub mod autoencoder;
 pub mod bench;
 pub mod budget;
 pub mod canvas;

@@ -1,11 +1,15 @@
 //! The render pipeline, top-down: spec → plan → prompts → guide → canvas denoise → decode →
-//! output. Each model lives only inside the phase that needs it.
+//! output. Each model lives only while needed: the text encoder for the prompts, the UNet
+//! until the decode, the VAE halves as `autoencoder` says; none is loaded twice unless a memory
+//! budget trades a second read of the VAE decoder for its weights' room in the canvas pass.
 
+use crate::autoencoder::Autoencoder;
+pub use crate::autoencoder::{decode, encode_mean};
 use crate::budget::MemoryFacts;
 use crate::canvas::{self, CanvasJob, Conditioning, Window};
 use crate::memory::PhaseReport;
 use crate::model::weights::WeightFile;
-use crate::model::{unet::UNet, vae, ModelDir};
+use crate::model::{unet::UNet, ModelDir};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::plan::{GuidePlan, ModelFacts, Plan, PlannedWindow};
 use crate::progress::Progress;
@@ -23,6 +27,8 @@ pub struct RenderReport {
     pub plan: Plan,
     pub scheduler: SchedulerKind,
     pub phases: PhaseReport,
+    /// How many times each model component was loaded.
+    pub loads: std::collections::BTreeMap<&'static str, usize>,
 }
 
 /// Shared state of one render: model folder, settings, scheduler choice, progress.
@@ -65,20 +71,24 @@ pub fn render(settings: &Settings, progress: Progress) -> Result<RenderReport> {
         r.dir.load_unet(unet_dtype)?
     };
     unet.attention_budget = s.attention_budget;
+    let mut vae = Autoencoder::new(&r.dir);
     let guide = match &plan.guide {
-        Some(g) => Some(phases.run("guide pass", || r.guide_pass(&unet, &plan, g, &conds))?),
+        Some(g) => Some(phases.run("guide pass", || {
+            r.guide_pass(&unet, &mut vae, &plan, g, &conds)
+        })?),
         None => None,
     };
     let latents = phases.run("canvas denoise", || {
-        r.canvas_pass(&unet, &plan, &conds, guide.as_ref().map(|g| &g.0))
+        r.canvas_pass(&unet, &mut vae, &plan, &conds, guide.as_ref().map(|g| &g.0))
     })?;
     drop(unet);
     if let Some(path) = &s.save_latents {
         output::save_tensors(path, &[("latents", &latents)])?;
     }
     let image = phases.run("decode", || {
-        decode(&r.dir, &latents, s.dtype, s.tiles.vae, &progress)
+        vae.decode(&latents, s.dtype, s.tiles.vae, &progress)
     })?;
+    drop(vae);
     output::save_png(
         &s.output,
         &imageio::tensor_to_rgb(&image)?,
@@ -90,6 +100,7 @@ pub fn render(settings: &Settings, progress: Progress) -> Result<RenderReport> {
         plan,
         scheduler: r.kind,
         phases,
+        loads: r.dir.loads(),
     })
 }
 
@@ -112,6 +123,7 @@ impl Render<'_> {
     fn guide_pass(
         &self,
         unet: &UNet,
+        vae: &mut Autoencoder,
         plan: &Plan,
         g: &GuidePlan,
         conds: &[Conditioning],
@@ -141,7 +153,10 @@ impl Render<'_> {
                     &mut SeededNoise::new(s.seed + 1),
                     |_, _, _, x| Ok(x),
                 )?;
-                let guide = decode(&self.dir, &latents, s.dtype, s.tiles.vae, &self.progress)?;
+                let guide = vae.decode(&latents, s.dtype, s.tiles.vae, &self.progress)?;
+                if !s.keep_decoder {
+                    vae.release_decoder();
+                }
                 let path = s.output.with_extension("guide.png");
                 output::save_png(&path, &imageio::tensor_to_rgb(&guide)?, &[])?;
                 self.progress.note(format!(
@@ -156,13 +171,15 @@ impl Render<'_> {
                 )
             }
         };
-        Ok((encode_mean(&self.dir, &image, s.tiles.vae)?, saved))
+        Ok((vae.encode_mean(&image, s.tiles.vae)?, saved))
     }
 
     /// The canvas pass: every window, every remaining step, one scheduler step per timestep.
+    /// Image regions are encoded first, with the encoder the guide used, which then goes.
     fn canvas_pass(
         &self,
         unet: &UNet,
+        vae: &mut Autoencoder,
         plan: &Plan,
         conds: &[Conditioning],
         guide: Option<&Tensor>,
@@ -174,6 +191,7 @@ impl Render<'_> {
             (Some(latents), Some(g)) => {
                 let start = s.steps - ((s.steps as f64 * g.strength) as usize).min(s.steps);
                 if start == s.steps {
+                    vae.release_encoder();
                     return Ok(latents.clone());
                 }
                 (
@@ -190,9 +208,10 @@ impl Render<'_> {
                 let image = imageio::load_image(&r.image, (r.rect.w * 8, r.rect.h * 8))?;
                 let latest =
                     latest_timestep(sched.as_ref(), &self.sched_config, s.steps, r.strength);
-                Ok((r.rect, encode_mean(&self.dir, &image, s.tiles.vae)?, latest))
+                Ok((r.rect, vae.encode_mean(&image, s.tiles.vae)?, latest))
             })
             .collect::<Result<Vec<_>>>()?;
+        vae.release_encoder();
         let windows = realize_windows(&plan.windows)?;
         let job = self.job(unet, conds, &windows);
         let mut ancestral = SeededNoise::new(s.seed + 1);
@@ -398,61 +417,6 @@ pub fn initial_noise(s: &Settings, plan: &Plan) -> Result<Tensor> {
         noise = noise.slice_assign(&[0..1, 0..4, r.y..r.y + r.h, r.x..r.x + r.w], &own)?;
     }
     Ok(noise)
-}
-
-/// VAE-encode an image (1,3,H,W) in [-1,1] to the scaled latent mean (deterministic), tiled
-/// when larger than `tile` pixels.
-pub fn encode_mean(dir: &ModelDir, image: &Tensor, tile: Option<usize>) -> Result<Tensor> {
-    let cfg = dir.vae_config()?;
-    let enc = dir.load_vae_encoder(DType::F32)?;
-    let (_, _, h, w) = image.dims4()?;
-    let dist = match tile {
-        Some(t) if h.max(w) > t => vae::tiled::encode(&enc, image, t)?,
-        _ => vae::LatentDist::from_parameters(&enc.forward(image)?)?,
-    };
-    Ok((dist.mean * cfg.scaling_factor)?)
-}
-
-/// Decode latents to an image tensor in [-1, 1], tiled when larger than `tile` pixels; the
-/// decoder is dropped afterwards. A half-precision decode that overflows (a known SD VAE
-/// problem) is redone in f32, and the user is told.
-pub fn decode(
-    dir: &ModelDir,
-    latents: &Tensor,
-    dtype: DType,
-    tile: Option<usize>,
-    progress: &Progress,
-) -> Result<Tensor> {
-    let cfg = dir.vae_config()?;
-    let scaled = (latents / cfg.scaling_factor)?;
-    let (_, _, h, w) = latents.dims4()?;
-    if let Some(t) = tile.filter(|&t| 8 * h.max(w) > t) {
-        // Tiles travel through f32 scratch stores, so the tiled decoder runs in f32.
-        let dec = dir.load_vae_decoder(DType::F32)?;
-        return Ok(vae::tiled::decode(&dec, &scaled, t)?);
-    }
-    // diffusers upcasts VAEs marked force_upcast (SD 1.x/2.x) to f32.
-    let dtype = if cfg.force_upcast || dtype == DType::BF16 {
-        DType::F32
-    } else {
-        dtype
-    };
-    let image = dir
-        .load_vae_decoder(dtype)?
-        .forward(&scaled.to_dtype(dtype)?)?
-        .to_dtype(DType::F32)?;
-    if dtype != DType::F32 && !all_finite(&image)? {
-        progress.note("note: the VAE overflowed in f16 (NaN/Inf); decoding again in f32");
-        return decode(dir, latents, DType::F32, tile, progress);
-    }
-    Ok(image)
-}
-
-fn all_finite(t: &Tensor) -> Result<bool> {
-    Ok(t.flatten_all()?
-        .to_vec1::<f32>()?
-        .iter()
-        .all(|v| v.is_finite()))
 }
 
 /// PNG text chunks: the resolved spec (`tessera`), and A1111's `parameters` for PNG-info readers.

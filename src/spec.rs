@@ -209,6 +209,9 @@ pub struct Settings {
     pub attention_budget: usize,
     /// The memory budget in bytes, if any (settings are then fitted to it, see `budget`).
     pub max_memory: Option<u64>,
+    /// Keep the VAE decoder loaded from the guide decode to the final decode (true unless a
+    /// memory budget needs its weights free during the canvas pass).
+    pub keep_decoder: bool,
     /// The global prompt; `None` when a spec has regions and no `[prompt]`.
     pub background: Option<TextPrompt>,
     pub regions: Vec<Region>,
@@ -397,6 +400,7 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
             })?),
             None => None,
         },
+        keep_decoder: true,
         background,
         regions,
         tiles,

@@ -464,11 +464,16 @@ fn check_after_render_uses_the_render_plan() {
         plan: plan.clone(),
         scheduler: tessera::scheduler::SchedulerKind::Ddim,
         phases: Default::default(),
+        loads: Default::default(),
     };
-    check::after_render(&report(good.clone(), Some(good_guide))).unwrap();
-    let e = check::after_render(&report(bad, Some(bad_guide))).unwrap_err();
+    let checked = |r: RenderReport| check::after_render(&r).unwrap().expect("a guide to check");
+    let good_check = checked(report(good.clone(), Some(good_guide)));
+    assert!(good_check.pass);
+    check::conclude(&good_check, true).unwrap();
+    let bad_check = checked(report(bad, Some(bad_guide)));
+    let e = check::conclude(&bad_check, true).unwrap_err();
     assert_eq!(e.exit_code(), 1);
     assert!(e.to_string().contains("x=96"), "{e}");
     // No guide picture: skipped, not failed.
-    check::after_render(&report(good, None)).unwrap();
+    assert!(check::after_render(&report(good, None)).unwrap().is_none());
 }

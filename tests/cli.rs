@@ -345,9 +345,22 @@ fn a_memory_budget_is_reported_with_its_choices_and_estimates() {
         "1G",
         "--out",
         png.to_str().unwrap(),
+        "--json",
     ]);
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    let phases = json["phases"].as_array().expect("phases");
+    let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["encode prompts", "canvas denoise", "decode"]);
+    assert!(phases
+        .iter()
+        .all(|p| p["peak_rss_bytes"].as_u64() > Some(0)));
+    assert!(
+        json["estimate"]["canvas_denoise"].as_u64() > Some(0),
+        "{json}"
+    );
+    assert_eq!(json["model_loads"]["vae decoder"], 1, "{json}");
     assert!(
         err.contains("memory budget 1024.0 MiB: the settings fit as given"),
         "{err}"

@@ -54,7 +54,13 @@ fn plan_counts_25_windows_per_step_for_a_2k_canvas() {
 fn a_2k_poster_with_a_guide_renders_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = tmp.path().join("poster.toml");
-    std::fs::write(&spec, POSTER).unwrap();
+    let emblem = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/canvases/assets/sun-emblem.png"
+    );
+    let image_region =
+        format!("[[region]]\nrect = [1024, 1024, 512, 512]\nimage = {emblem:?}\nstrength = 0.5\n");
+    std::fs::write(&spec, format!("{POSTER}\n{image_region}")).unwrap();
     let o = tessera(&["render", spec.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
@@ -67,6 +73,12 @@ fn a_2k_poster_with_a_guide_renders_end_to_end() {
         "the tiny model's native size"
     );
     assert!(err.contains("windows per step"), "{err}");
+    // One load of each model: the decoder serves guide and canvas, the encoder the guide and
+    // the image region.
+    assert!(
+        err.contains("models loaded: text encoder x1, unet x1, vae decoder x1, vae encoder x1"),
+        "{err}"
+    );
     // The PNG carries the resolved spec and the A1111 parameters.
     let bytes = std::fs::read(tmp.path().join("poster.png")).unwrap();
     let text = String::from_utf8_lossy(&bytes);

@@ -438,13 +438,13 @@ pub fn run(args: &CheckArgs) -> Result<()> {
 
 /// `tessera render --check`: the guide check of a finished render with default thresholds,
 /// printed to stdout. A render without a rendered guide picture is skipped with a note.
-pub fn after_render(render: &crate::pipeline::RenderReport) -> Result<()> {
+pub fn after_render(render: &crate::pipeline::RenderReport) -> Result<Option<CheckReport>> {
     let Some(guide_path) = &render.guide else {
         eprintln!(
             "check: skipped: this render made no guide picture (no [guide] in the spec, or \
              the guide came from `guide.image`), so there is nothing to downscale-compare with"
         );
-        return Ok(());
+        return Ok(None);
     };
     let output = load_rgb(&render.output)?;
     let guide = load_rgb(guide_path)?;
@@ -452,6 +452,13 @@ pub fn after_render(render: &crate::pipeline::RenderReport) -> Result<()> {
     let mut report = guide_check(&output, &guide, &windows, &Thresholds::default())
         .map_err(|e| Error::Other(format!("check: {e}")))?;
     report.windows_source = WindowSource::Render.describe(windows.len());
-    print_report(&report, false);
+    Ok(Some(report))
+}
+
+/// Print a render's check as a table (unless it went out as JSON) and fail if it failed.
+pub fn conclude(report: &CheckReport, printed_as_json: bool) -> Result<()> {
+    if !printed_as_json {
+        print_report(report, false);
+    }
     verdict(report.pass, &report.failures)
 }

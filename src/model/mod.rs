@@ -12,7 +12,9 @@ use crate::{Error, Result};
 use candle_core::DType;
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Read and parse a JSON config, naming the file in any error.
 pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
@@ -49,6 +51,9 @@ pub fn parse_dtype(name: &str) -> Option<DType> {
 #[derive(Debug, Clone)]
 pub struct ModelDir {
     pub root: PathBuf,
+    /// How many times each component was loaded (clones share it): the render report shows
+    /// it, so a model loaded twice is visible.
+    loads: Arc<Mutex<BTreeMap<&'static str, usize>>>,
 }
 
 impl ModelDir {
@@ -73,12 +78,26 @@ impl ModelDir {
                 ));
             }
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            loads: Default::default(),
+        })
     }
 
     /// The bundled tiny model, used when no model is given.
     pub fn bundled_tiny() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-sd")
+    }
+
+    /// Loads so far, per component.
+    pub fn loads(&self) -> BTreeMap<&'static str, usize> {
+        self.loads.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn count_load(&self, component: &'static str) {
+        if let Ok(mut loads) = self.loads.lock() {
+            *loads.entry(component).or_default() += 1;
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -153,12 +172,14 @@ impl ModelDir {
     }
 
     pub fn load_unet(&self, dtype: DType) -> Result<unet::UNet> {
+        self.count_load("unet");
         let cfg = self.unet_config()?;
         let vb = self.var_builder("unet", "diffusion_pytorch_model", dtype)?;
         Ok(unet::UNet::new(vb, &cfg)?)
     }
 
     pub fn load_vae(&self, dtype: DType) -> Result<vae::AutoencoderKl> {
+        self.count_load("vae");
         let cfg = self.vae_config()?;
         let vb = self.var_builder("vae", "diffusion_pytorch_model", dtype)?;
         Ok(vae::AutoencoderKl::new(vb, &cfg)?)
@@ -167,6 +188,7 @@ impl ModelDir {
     /// The UNet in streaming mode: each layer's weights are read from the file right before it
     /// runs and dropped after (low-RAM runs).
     pub fn load_unet_streaming(&self, dtype: DType) -> Result<unet::UNet> {
+        self.count_load("unet (streamed)");
         let cfg = self.unet_config()?;
         let vb = self.var_builder("unet", "diffusion_pytorch_model", dtype)?;
         Ok(unet::UNet::new_streaming(vb, &cfg))
@@ -174,17 +196,20 @@ impl ModelDir {
 
     /// The VAE decoder alone (with `post_quant_conv`).
     pub fn load_vae_decoder(&self, dtype: DType) -> Result<vae::Decoder> {
+        self.count_load("vae decoder");
         let vb = self.var_builder("vae", "diffusion_pytorch_model", dtype)?;
         Ok(vae::Decoder::new(vb, &self.vae_config()?)?)
     }
 
     /// The VAE encoder alone (with `quant_conv`).
     pub fn load_vae_encoder(&self, dtype: DType) -> Result<vae::Encoder> {
+        self.count_load("vae encoder");
         let vb = self.var_builder("vae", "diffusion_pytorch_model", dtype)?;
         Ok(vae::Encoder::new(vb, &self.vae_config()?)?)
     }
 
     pub fn load_text_encoder(&self, dtype: DType) -> Result<clip::ClipTextModel> {
+        self.count_load("text encoder");
         let cfg = self.text_encoder_config()?;
         let vb = self.var_builder("text_encoder", "model", dtype)?;
         Ok(clip::ClipTextModel::new(vb, &cfg)?)
