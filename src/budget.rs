@@ -222,6 +222,14 @@ pub fn fit(s: &Settings, facts: &crate::plan::ModelFacts) -> Result<(Settings, P
     Ok((s, plan, chosen))
 }
 
+/// What a budget chose, in words, for `render` and `plan` alike.
+pub fn describe_choices(chosen: &[String]) -> String {
+    match chosen {
+        [] => "the settings fit as given".to_string(),
+        _ => format!("chose {}", chosen.join(", ")),
+    }
+}
+
 /// What fitting changed, in words.
 fn changes(from: &Settings, to: &Settings) -> Vec<String> {
     let mut out = Vec::new();

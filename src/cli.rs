@@ -432,11 +432,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     println!(
                         "memory budget:     {} ({})",
                         crate::memory::mib(budget),
-                        if chosen.is_empty() {
-                            "fits as given".to_string()
-                        } else {
-                            format!("chose {}", chosen.join(", "))
-                        }
+                        crate::budget::describe_choices(&chosen)
                     );
                 }
             }

@@ -106,13 +106,10 @@ pub fn render(settings: &Settings, progress: Progress) -> Result<RenderReport> {
 
 /// What `--max-memory` chose, for the user.
 fn budget_note(budget: u64, chosen: &[String], plan: &Plan) -> String {
-    let what = match chosen {
-        [] => "the settings fit as given".to_string(),
-        _ => format!("chose {}", chosen.join(", ")),
-    };
     format!(
-        "memory budget {}: {what}; estimated peak {}",
+        "memory budget {}: {}; estimated peak {}",
         crate::memory::mib(budget),
+        crate::budget::describe_choices(chosen),
         crate::memory::mib(plan.memory.peak())
     )
 }

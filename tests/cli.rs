@@ -292,12 +292,9 @@ fn streaming_weights_render_is_bit_identical() {
     assert_eq!(max_abs_diff(&latents[0], &latents[1]), 0.0);
 }
 
-#[test]
-fn an_impossible_memory_budget_is_refused_before_any_work() {
-    let tmp = tempfile::tempdir().unwrap();
-    let png = tmp.path().join("out.png");
-    let model = tiny_model_dir();
-    let args = [
+/// A one-step 128x128 render of the tiny model under `--max-memory budget`.
+fn small_budget_render<'a>(model: &'a Path, png: &'a Path, budget: &'a str) -> Vec<&'a str> {
+    vec![
         "render",
         "--model",
         model.to_str().unwrap(),
@@ -310,17 +307,24 @@ fn an_impossible_memory_budget_is_refused_before_any_work() {
         "--steps",
         "1",
         "--max-memory",
-        "20M",
+        budget,
         "--out",
         png.to_str().unwrap(),
-    ];
+    ]
+}
+
+#[test]
+fn an_impossible_memory_budget_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("out.png");
+    let model = tiny_model_dir();
+    let args = small_budget_render(&model, &png, "20M");
     expect_input_error(
         &args,
         &["canvas.max_memory", "cannot be met", "--max-memory"],
     );
     assert!(!png.exists(), "no output may be written");
-    let mut bad_size = args;
-    bad_size[12] = "lots";
+    let bad_size = small_budget_render(&model, &png, "lots");
     expect_input_error(&bad_size, &["canvas.max_memory", "not a memory size"]);
 }
 
@@ -329,24 +333,9 @@ fn a_memory_budget_is_reported_with_its_choices_and_estimates() {
     let tmp = tempfile::tempdir().unwrap();
     let png = tmp.path().join("out.png");
     let model = tiny_model_dir();
-    let o = tessera(&[
-        "render",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "a cat",
-        "--width",
-        "128",
-        "--height",
-        "128",
-        "--steps",
-        "1",
-        "--max-memory",
-        "1G",
-        "--out",
-        png.to_str().unwrap(),
-        "--json",
-    ]);
+    let mut args = small_budget_render(&model, &png, "1G");
+    args.push("--json");
+    let o = tessera(&args);
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
