@@ -171,8 +171,8 @@ pub fn fit(s: &Settings, facts: &crate::plan::ModelFacts) -> Result<(Settings, P
         Box::new(|s| !std::mem::replace(&mut s.stream_weights, true)),
         Box::new(|s| shrink_vae_tile(s, 256)),
         Box::new(|s| shrink_vae_tile(s, 128)),
-        Box::new(move |s| !window_fixed && shrink_window(s, native, native * 3 / 4)),
-        Box::new(move |s| !window_fixed && shrink_window(s, native, native / 2)),
+        Box::new(move |s| !window_fixed && shrink_window(s, native, (3, 4))),
+        Box::new(move |s| !window_fixed && shrink_window(s, native, (1, 2))),
         Box::new(|s| {
             s.dtype == candle_core::DType::F32 && {
                 s.dtype = candle_core::DType::F16;
@@ -272,16 +272,21 @@ fn shrink_vae_tile(s: &mut Settings, px: usize) -> bool {
     }
 }
 
-/// Square windows of `px` (a multiple of 64), if smaller than the window planned now.
-fn shrink_window(s: &mut Settings, native: usize, px: usize) -> bool {
-    let px = (px / 64).max(1) * 64;
-    let (w, h) = s.tiles.size.unwrap_or((native, native));
-    let canvas_w = s.width.unwrap_or(native);
-    let canvas_h = s.height.unwrap_or(native);
-    if px >= w.min(canvas_w).min(h.min(canvas_h)) {
+/// Windows of `fraction` (numerator, denominator) of the native size on each side, in
+/// multiples of 64 px, if smaller than the window planned now.
+fn shrink_window(s: &mut Settings, native: (usize, usize), fraction: (usize, usize)) -> bool {
+    let side = |n: usize| (n * fraction.0 / fraction.1 / 64).max(1) * 64;
+    let (pw, ph) = (side(native.0), side(native.1));
+    let (w, h) = s.tiles.size.unwrap_or(native);
+    let (w, h) = (
+        w.min(s.width.unwrap_or(native.0)),
+        h.min(s.height.unwrap_or(native.1)),
+    );
+    if pw >= w && ph >= h {
         return false;
     }
-    s.tiles.size = Some((px, px));
-    s.tiles.overlap = s.tiles.overlap.map(|o| o.min(px / 4));
+    let (pw, ph) = (pw.min(w), ph.min(h));
+    s.tiles.size = Some((pw, ph));
+    s.tiles.overlap = s.tiles.overlap.map(|o| o.min(pw.min(ph) / 4));
     true
 }

@@ -25,7 +25,7 @@ pub struct Window {
     /// Where the window sits, in latent cells.
     pub rect: Rect,
     pub cond: usize,
-    /// (h, w) blend weights in f64, as the reference computes them.
+    /// (h, w) blend weights, in the dtype the reference computes them in (see `tiles::weights`).
     pub weights: Tensor,
 }
 
@@ -53,7 +53,8 @@ pub fn guided_eps(
 }
 
 /// Blend per-window predictions into a canvas prediction: `sum(e_k W_k) / sum(W_k)`, products in
-/// f64 accumulated into f32 buffers (the reference's precision), 0/0 -> 0 where nothing covers.
+/// the weights' dtype (f64 or f32, as the reference) accumulated into f32 buffers, 0/0 -> 0
+/// where nothing covers.
 pub struct Blend {
     numerator: Tensor,
     denominator: Tensor,
@@ -71,7 +72,7 @@ impl Blend {
     pub fn add(&mut self, rect: Rect, eps: &Tensor, weights: &Tensor) -> Result<()> {
         let w = weights.unsqueeze(0)?.unsqueeze(0)?;
         let weighted = eps
-            .to_dtype(DType::F64)?
+            .to_dtype(w.dtype())?
             .broadcast_mul(&w)?
             .to_dtype(DType::F32)?;
         let w = w.to_dtype(DType::F32)?.broadcast_as(eps.shape())?;

@@ -331,6 +331,13 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             crate::progress::install_interrupt_handler();
             let tile = (!no_tiling).then_some(tile);
+            let (_, _, h, w) = z.dims4()?;
+            eprintln!(
+                "decoding {}x{} px {}",
+                8 * w,
+                8 * h,
+                tile.map_or("in one piece".into(), |t| format!("in tiles of {t} px"))
+            );
             let image = crate::pipeline::decode(
                 &dir,
                 &z,

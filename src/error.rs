@@ -13,7 +13,7 @@ pub enum Error {
         fix: String,
     },
     #[error("tensor computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -27,6 +27,43 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The user's interrupt on its way through code that returns candle errors (the tiled VAE):
+/// carried as a typed value inside candle's error and turned back into [`Error::Interrupted`]
+/// (exit 130) when it leaves candle, rather than flattened into a message (exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupt;
+
+impl Interrupt {
+    pub fn into_candle(self) -> candle_core::Error {
+        candle_core::Error::WrappedContext {
+            wrapped: Box::new(self),
+            context: "interrupted".into(),
+        }
+    }
+
+    /// Whether `e` is (or wraps, through context and backtraces) an interrupt.
+    pub fn is_in(e: &candle_core::Error) -> bool {
+        use candle_core::Error as E;
+        match e {
+            E::WrappedContext { wrapped, .. } => wrapped.downcast_ref::<Interrupt>().is_some(),
+            E::WithBacktrace { inner, .. }
+            | E::Context { inner, .. }
+            | E::WithPath { inner, .. } => Self::is_in(inner),
+            _ => false,
+        }
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        match Interrupt::is_in(&e) {
+            true => Error::Interrupted,
+            false => Error::Candle(e),
+        }
+    }
+}
 
 impl Error {
     /// Bad user input at `path` (a file or folder), optionally at `field` inside it.

@@ -1,6 +1,13 @@
 use clap::Parser;
 
 fn main() {
+    // Die quietly on a closed pipe (`tessera check ... | head`), as Unix tools do, instead of
+    // panicking in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = tessera::cli::Cli::parse();
     if let Err(err) = tessera::cli::run(cli) {
         eprintln!("error: {err}");

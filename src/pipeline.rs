@@ -312,7 +312,7 @@ pub fn model_facts(dir: &ModelDir) -> Result<ModelFacts> {
         }
     }
     Ok(ModelFacts {
-        native_size: info.native_size,
+        native_size: (info.native_size[0], info.native_size[1]),
         memory: MemoryFacts {
             text_encoder_params: info.text_encoder.parameters,
             unet_params: info.unet.parameters,

@@ -11,13 +11,14 @@ use std::path::PathBuf;
 /// Model facts the plan needs (read from configs and weight headers, not weights).
 #[derive(Debug, Clone)]
 pub struct ModelFacts {
-    pub native_size: usize,
+    /// The model's native picture size `(width, height)` in pixels.
+    pub native_size: (usize, usize),
     pub memory: MemoryFacts,
 }
 
 impl ModelFacts {
     /// Facts for planning geometry only (the memory estimate is then meaningless).
-    pub fn geometry_only(native_size: usize) -> Self {
+    pub fn geometry_only(native_size: (usize, usize)) -> Self {
         Self {
             native_size,
             memory: MemoryFacts::default(),
@@ -103,8 +104,8 @@ impl Plan {
     pub fn new(s: &Settings, m: &ModelFacts) -> Result<Self> {
         let bad =
             |field: &str, msg: String, fix: String| Error::input(&s.origin, Some(field), msg, fix);
-        let width = s.width.unwrap_or(m.native_size);
-        let height = s.height.unwrap_or(m.native_size);
+        let width = s.width.unwrap_or(m.native_size.0);
+        let height = s.height.unwrap_or(m.native_size.1);
         let canvas = Rect {
             y: 0,
             x: 0,
@@ -112,7 +113,7 @@ impl Plan {
             w: width,
         };
         let explicit = s.tiles.size;
-        let (tw, th) = explicit.unwrap_or((m.native_size, m.native_size));
+        let (tw, th) = explicit.unwrap_or(m.native_size);
         if explicit.is_some() && (tw > width || th > height) {
             return Err(bad(
                 "tiles.size",
@@ -284,9 +285,10 @@ fn union(a: Rect, b: Rect) -> Rect {
     }
 }
 
-/// The model's native area at the canvas aspect ratio: the long side is the native size.
-pub fn native_aspect(width: usize, height: usize, native: usize) -> (usize, usize) {
-    let scale = native as f64 / width.max(height) as f64;
+/// The canvas's aspect ratio at the model's native size: the largest size of that aspect that
+/// fits inside the native `(width, height)` (for a square model, the long side is native).
+pub fn native_aspect(width: usize, height: usize, native: (usize, usize)) -> (usize, usize) {
+    let scale = (native.0 as f64 / width as f64).min(native.1 as f64 / height as f64);
     let side = |v: usize| (((v as f64 * scale) / 8.0).round() as usize).max(1) * 8;
     (side(width), side(height))
 }

@@ -28,6 +28,15 @@ pub fn check_interrupt() -> Result<()> {
     }
 }
 
+/// The same check for code that returns candle errors: the interrupt stays typed inside
+/// (see [`crate::error::Interrupt`]).
+pub fn check_interrupt_candle() -> candle_core::Result<()> {
+    match INTERRUPTED.load(Ordering::SeqCst) {
+        true => Err(crate::error::Interrupt.into_candle()),
+        false => Ok(()),
+    }
+}
+
 /// Whether progress bars are drawn (off in tests and library use by default).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Progress {

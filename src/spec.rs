@@ -293,7 +293,7 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
     let model = match (&o.model, &spec.model) {
         (Some(m), _) => m.clone(),
         (None, Some(m)) => base.join(m),
-        (None, None) => crate::model::ModelDir::bundled_tiny(),
+        (None, None) => crate::model::ModelDir::bundled_default(),
     };
     let c = &spec.canvas;
     let width = o.width.or(c.width);

@@ -88,8 +88,10 @@ pub enum Mask {
     /// The reference Mixture-of-Diffusers Gaussian (variance 0.01 of the window side).
     #[default]
     Gaussian,
-    /// `(1 - u^2)^2` over cell centres, u in (-1, 1): smoother falloff, never zero.
+    /// The reference quartic kernel `15/16 (1 - s^2)^2`, `s` spread evenly over
+    /// [-0.995, 0.995] from the first cell to the last: bounded support, never quite zero.
     Quartic,
+    /// Every cell weighs the same (the reference computes these in f32, see [`weights`]).
     Constant,
 }
 
@@ -110,8 +112,13 @@ fn profile(mask: Mask, n: usize) -> Vec<f64> {
         Mask::Gaussian => gaussian_1d(n, (n as f64 - 1.0) / 2.0),
         Mask::Quartic => (0..n)
             .map(|i| {
-                let u = 2.0 * (i as f64 + 0.5) / n as f64 - 1.0;
-                (1.0 - u * u).powi(2)
+                // A one-cell side has no spread: its single cell sits at the centre (the
+                // reference divides by n - 1 and would give NaN).
+                let s = match n {
+                    1 => 0.0,
+                    _ => i as f64 / (n - 1) as f64 * 1.99 - 1.99 / 2.0,
+                };
+                15.0 / 16.0 * (1.0 - s * s).powi(2)
             })
             .collect(),
         Mask::Constant => vec![1.0; n],
@@ -127,9 +134,14 @@ pub fn outer(rows: &[f64], cols: &[f64], scale: f64) -> candle_core::Result<Tens
     Tensor::from_vec(data, (rows.len(), cols.len()), &Device::Cpu)
 }
 
-/// Blend weights of an `h` x `w` window: `mask` on both axes times `weight`.
+/// Blend weights of an `h` x `w` window: `mask` on both axes times `weight`, in the dtype the
+/// reference `mixture_canvas.py` uses, which the blend then multiplies in: float64 (NumPy) for
+/// the Gaussian and quartic masks, float32 (`torch.ones * weight`) for the constant one.
 pub fn weights(h: usize, w: usize, mask: Mask, weight: f64) -> candle_core::Result<Tensor> {
-    outer(&profile(mask, h), &profile(mask, w), weight)
+    match mask {
+        Mask::Constant => Tensor::full(weight as f32, (h, w), &Device::Cpu),
+        _ => outer(&profile(mask, h), &profile(mask, w), weight),
+    }
 }
 
 #[cfg(test)]

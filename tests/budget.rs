@@ -10,7 +10,7 @@ use tessera::spec::{self, Overrides, SpecFile};
 /// (`model_memory` of `tessera model synth --arch sd15`).
 fn sd15() -> ModelFacts {
     ModelFacts {
-        native_size: 512,
+        native_size: (512, 512),
         memory: MemoryFacts {
             text_encoder_params: 123_060_480,
             unet_params: 859_520_964,

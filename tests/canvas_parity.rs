@@ -186,6 +186,66 @@ fn f1_through_the_cli_with_init_noise() {
     assert!(rel <= 1e-3, "rel diff {rel:e}");
 }
 
+/// Quartic and constant region masks (fixture made by `tools/gen_mask_fixtures.py` from the
+/// mask formulas of `mixture_canvas.py`): weights, then every step of the canvas.
+#[test]
+fn f4_quartic_and_constant_masks_match_mixture_canvas() {
+    let f = fixture("f4_canvas_masks");
+    let spec = r#"
+[canvas]
+width = 384
+height = 256
+seed = 5
+steps = 10
+scheduler = "ddim"
+
+# Windows as large as the canvas, so each region is one window (as the reference does).
+[tiles]
+size = [384, 256]
+
+[[region]]
+rect = [0, 0, 256, 256]
+prompt = "a red castle on a hill, oil painting"
+guidance = 7.5
+mask = "quartic"
+
+[[region]]
+rect = [128, 0, 256, 256]
+prompt = "a blue lake with snowy mountains"
+guidance = 5.0
+mask = "constant"
+weight = 0.8
+
+[[region]]
+rect = [64, 128, 320, 128]
+prompt = "a field of sunflowers"
+guidance = 6.0
+mask = "quartic"
+weight = 1.3
+"#;
+    let (_, plan, dir) = plan_of(spec);
+    assert_eq!(plan.windows.len(), 3);
+    let windows = pipeline::realize_windows(&plan.windows).unwrap();
+    for (k, w) in windows.iter().enumerate() {
+        let reference = get(&f, &format!("t2i.{k}.weights"));
+        assert_eq!(
+            w.weights.dtype(),
+            reference.dtype(),
+            "region {k} weight dtype"
+        );
+        let diff = max_abs_diff(&w.weights, &reference);
+        assert!(diff <= 1e-12, "region {k} weights differ by {diff:e}");
+        let coords: Vec<i64> = get(&f, &format!("t2i.{k}.latent_coords"))
+            .to_vec1()
+            .unwrap();
+        let r = w.rect;
+        let want = [r.y, r.y + r.h, r.x, r.x + r.w];
+        assert_eq!(coords, want.iter().map(|&v| v as i64).collect::<Vec<_>>());
+    }
+    let conds = pipeline::encode_prompts(&dir, DType::F32, &plan.prompts).unwrap();
+    run_and_check("f4", &f, &conds, &windows, |_, _, _, x| Ok(x));
+}
+
 #[test]
 fn f2_tiling_grid_and_weights_match_mixture_tiling() {
     let f = fixture("f2_tiling");

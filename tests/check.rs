@@ -452,7 +452,7 @@ fn check_after_render_uses_the_render_plan() {
     let spec_path = tmp.path().join("poster.toml");
     let file = SpecFile::parse(SPEC, &spec_path).unwrap();
     let settings = spec::resolve(Some((&spec_path, file)), &Default::default()).unwrap();
-    let facts = ModelFacts::geometry_only(128);
+    let facts = ModelFacts::geometry_only((128, 128));
     let plan = Plan::new(&settings, &facts).unwrap();
     let clean = smooth(SIDE, SIDE);
     let guide = guide_of(&clean);

@@ -361,3 +361,126 @@ fn a_memory_budget_is_reported_with_its_choices_and_estimates() {
         .unwrap_or_else(|| panic!("no canvas phase in {err}"));
     assert_eq!(canvas.matches("MiB").count(), 2, "{canvas}");
 }
+
+#[test]
+fn an_interrupt_during_a_tiled_decode_exits_130_and_writes_nothing() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let latents = tmp.path().join("latents.safetensors");
+    let z = tessera::noise::NoiseSource::noise(
+        &mut tessera::noise::SeededNoise::new(3),
+        &(1, 4, 160, 160).into(),
+    )
+    .unwrap();
+    candle_core::safetensors::save(
+        &[("latents".to_string(), z)].into_iter().collect(),
+        &latents,
+    )
+    .unwrap();
+    let out = tmp.path().join("big.png");
+    let model = tiny_model_dir();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["decode", latents.to_str().unwrap(), "--model"])
+        .arg(&model)
+        .args(["--out", out.to_str().unwrap(), "--tile", "64"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the tiled decode has started (it says so), as a user's Ctrl-C would.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("decoding")));
+    assert!(started.is_some(), "the decode never said it started");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("interrupted")),
+        "stderr should say it was interrupted: {rest:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!out.exists(), "a partial output was written: {left:?}");
+    assert!(
+        left.iter().all(|n| n == "latents.safetensors"),
+        "files left behind: {left:?}"
+    );
+}
+
+#[test]
+fn a_non_square_sample_size_sets_the_native_size() {
+    // diffusers allows `sample_size = [height, width]`; the tiny model with [24, 40] is a
+    // 320x192 model (8x VAE).
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("wide");
+    let src = tiny_model_dir();
+    std::fs::create_dir_all(&model).unwrap();
+    for part in ["text_encoder", "tokenizer", "scheduler"] {
+        std::os::unix::fs::symlink(src.join(part), model.join(part)).unwrap();
+    }
+    for (part, size) in [("unet", "[24, 40]"), ("vae", "[192, 320]")] {
+        std::fs::create_dir_all(model.join(part)).unwrap();
+        let weights = "diffusion_pytorch_model.safetensors";
+        std::os::unix::fs::symlink(src.join(part).join(weights), model.join(part).join(weights))
+            .unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(src.join(part).join("config.json")).unwrap(),
+        )
+        .unwrap();
+        cfg["sample_size"] = serde_json::from_str(size).unwrap();
+        std::fs::write(model.join(part).join("config.json"), cfg.to_string()).unwrap();
+    }
+    std::fs::copy(src.join("model_index.json"), model.join("model_index.json")).unwrap();
+    let m = model.to_str().unwrap();
+    let o = tessera(&["model", "info", m, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(info["native_size"], serde_json::json!([320, 192]));
+    let spec = write_spec(
+        tmp.path(),
+        "[canvas]\nsteps = 2\n[prompt]\ntext = \"a wide view\"\n[guide]\nsteps = 2\n",
+    );
+    let o = tessera(&["plan", &spec, "--model", m, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (&plan["width"], &plan["height"]),
+        (&320.into(), &192.into())
+    );
+    assert_eq!(plan["window"], serde_json::json!([320, 192]));
+    assert_eq!(
+        (&plan["guide"]["width"], &plan["guide"]["height"]),
+        (&320.into(), &192.into())
+    );
+    // A wider canvas keeps the native window and gets a guide of its own aspect inside 320x192.
+    let wide = tmp.path().join("wider.toml");
+    std::fs::write(
+        &wide,
+        "[canvas]\nwidth = 640\nheight = 192\n[prompt]\ntext = \"x\"\n[guide]\n",
+    )
+    .unwrap();
+    let o = tessera(&["plan", wide.to_str().unwrap(), "--model", m, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["window"], serde_json::json!([320, 192]));
+    assert_eq!(
+        (&plan["guide"]["width"], &plan["guide"]["height"]),
+        (&320.into(), &96.into())
+    );
+    let png = tmp.path().join("wide.png");
+    let o = tessera(&[
+        "render",
+        &spec,
+        "--model",
+        m,
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (320, 192));
+}

@@ -82,7 +82,7 @@ pub fn windows_from_spec(mut file: SpecFile, origin: &Path, size: (u32, u32)) ->
     };
     let settings = spec::resolve(Some((origin, file)), &overrides)?;
     let facts = match settings.tiles.size {
-        Some((w, h)) => ModelFacts::geometry_only(w.max(h)),
+        Some(size) => ModelFacts::geometry_only(size),
         None => crate::model::ModelDir::open(&settings.model)
             .and_then(|dir| crate::pipeline::model_facts(&dir))
             .map_err(|e| {

@@ -18,7 +18,8 @@ pub struct ComponentInfo {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelInfo {
     pub family: String,
-    pub native_size: usize,
+    /// `[width, height]` in pixels.
+    pub native_size: [usize; 2],
     pub prediction_type: String,
     pub scheduler: String,
     pub unet: ComponentInfo,
@@ -68,7 +69,10 @@ pub fn inspect(dir: &ModelDir) -> Result<ModelInfo> {
     };
     Ok(ModelInfo {
         family: family.to_string(),
-        native_size: native_size(dir)?,
+        native_size: {
+            let (w, h) = native_size(dir)?;
+            [w, h]
+        },
         prediction_type: format!("{:?}", sched.prediction_type),
         scheduler: sched.class_name.clone().unwrap_or_else(|| "?".into()),
         unet: component(dir, "unet", "diffusion_pytorch_model")?,
@@ -80,7 +84,8 @@ pub fn inspect(dir: &ModelDir) -> Result<ModelInfo> {
 impl fmt::Display for ModelInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "family:          {}", self.family)?;
-        writeln!(f, "native size:     {0}x{0} px", self.native_size)?;
+        let [w, h] = self.native_size;
+        writeln!(f, "native size:     {w}x{h} px")?;
         writeln!(
             f,
             "scheduler:       {} ({})",
@@ -106,10 +111,18 @@ impl fmt::Display for ModelInfo {
     }
 }
 
-/// The model's native image side in pixels: UNet sample size times the VAE factor.
-pub fn native_size(dir: &ModelDir) -> Result<usize> {
+/// The model's native picture size `(width, height)` in pixels: the UNet's sample size times
+/// the VAE factor, else the VAE's own sample size, else 512 (SD 1.x).
+pub fn native_size(dir: &ModelDir) -> Result<(usize, usize)> {
     let unet = dir.unet_config()?;
     let vae = dir.vae_config()?;
     let factor = 1 << (vae.block_out_channels.len().saturating_sub(1));
-    Ok(unet.sample_size.unwrap_or(64) * factor)
+    Ok(match (unet.sample_size, vae.sample_size) {
+        (Some(s), _) => {
+            let (w, h) = s.wh();
+            (w * factor, h * factor)
+        }
+        (None, Some(s)) => s.wh(),
+        (None, None) => (512, 512),
+    })
 }

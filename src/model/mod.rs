@@ -37,6 +37,24 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
+/// A diffusers `sample_size`: one side for square models, or `[height, width]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum SampleSize {
+    Square(usize),
+    HeightWidth([usize; 2]),
+}
+
+impl SampleSize {
+    /// `(width, height)`, tessera's order.
+    pub fn wh(self) -> (usize, usize) {
+        match self {
+            SampleSize::Square(s) => (s, s),
+            SampleSize::HeightWidth([h, w]) => (w, h),
+        }
+    }
+}
+
 /// Parse a dtype name as used by `--dtype` and `[canvas] dtype`.
 pub fn parse_dtype(name: &str) -> Option<DType> {
     match name {
@@ -84,7 +102,13 @@ impl ModelDir {
         })
     }
 
-    /// The bundled tiny model, used when no model is given.
+    /// The bundled trained tiny model (`models/tiny-poster`), used when no model is given.
+    pub fn bundled_default() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-poster")
+    }
+
+    /// The bundled random-weight parity fixture (`models/tiny-sd`): the template of
+    /// `model synth --arch tiny`.
     pub fn bundled_tiny() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-sd")
     }

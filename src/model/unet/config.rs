@@ -56,8 +56,9 @@ pub struct UNetConfig {
     pub norm_num_groups: usize,
     #[serde(default = "default_eps")]
     pub norm_eps: f64,
+    /// Latent side, or `[height, width]` for non-square models.
     #[serde(default)]
-    pub sample_size: Option<usize>,
+    pub sample_size: Option<crate::model::SampleSize>,
     #[serde(default)]
     pub addition_embed_type: Option<String>,
     #[serde(default)]

@@ -40,6 +40,9 @@ pub struct VaeConfig {
     pub mid_block_add_attention: bool,
     #[serde(default)]
     pub force_upcast: bool,
+    /// Image side in pixels, or `[height, width]` (used when the UNet gives none).
+    #[serde(default)]
+    pub sample_size: Option<super::SampleSize>,
 }
 
 fn three() -> usize {

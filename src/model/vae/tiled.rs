@@ -155,8 +155,7 @@ impl Segment<'_> {
         let normed = c % t.groups == 0;
         let side = t.side(h);
         for r in tiles::partition_grid(h, w, side) {
-            crate::progress::check_interrupt()
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            crate::progress::check_interrupt_candle()?;
             let y = self.tile(input, r.y..r.y + r.h, r.x..r.x + r.w)?;
             if normed {
                 stats.add(&y)?;
@@ -208,7 +207,7 @@ fn attention(a: &Attention, x: &Store, sx: &GroupStats, t: &Tiling) -> Result<(S
     let mut out = Store::new(c, h, w)?;
     let mut stats = GroupStats::new(t.groups);
     for r in &grid {
-        crate::progress::check_interrupt().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        crate::progress::check_interrupt_candle()?;
         let xt = x.read(r.y..r.y + r.h, r.x..r.x + r.w)?;
         let q = (a.q.forward(&tokens(&a.norm.forward_with(&xt, sx)?)?)? * (c as f64).powf(-0.5))?;
         let n = q.dim(0)?;
