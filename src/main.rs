@@ -1,3 +1,9 @@
+//! The `tessera` binary: parse the command line, run it, turn an error into its message and
+//! exit status (2 bad input, 130 interrupted, 1 otherwise).
+
+mod cli;
+mod progress;
+
 use clap::Parser;
 
 fn main() {
@@ -8,8 +14,8 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = tessera::cli::Cli::parse();
-    if let Err(err) = tessera::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    if let Err(err) = cli::run(cli) {
         eprintln!("error: {err}");
         std::process::exit(err.exit_code());
     }

@@ -1,58 +1,39 @@
-//! Progress bars (step/tile counts with ETA) and Ctrl-C handling.
+//! The terminal side of long work: progress bars drawn from the library's observer events, and
+//! Ctrl-C turned into the library's interrupt request.
 //!
-//! The first Ctrl-C asks the render to stop at the next UNet evaluation; nothing partial is
-//! written because outputs are only ever written whole (see `output`). A second Ctrl-C exits.
+//! The first Ctrl-C asks the work to stop at the next UNet evaluation or VAE tile; nothing
+//! partial is written because outputs are only ever written whole. A second Ctrl-C exits.
 
-use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use tessera::Observer;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Install the Ctrl-C handler (CLI only; the library never touches signals).
+/// Install the Ctrl-C handler.
 pub fn install_interrupt_handler() {
     let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        if tessera::interrupt::request() {
             std::process::exit(130);
         }
         eprintln!("\ninterrupt: stopping after the current step (Ctrl-C again to quit now)");
     });
 }
 
-/// Err(Interrupted) once the user has pressed Ctrl-C.
-pub fn check_interrupt() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        Err(Error::Interrupted)
-    } else {
-        Ok(())
+/// Notes on stderr and one progress bar per task.
+#[derive(Default)]
+pub struct Terminal {
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Observer for Terminal {
+    fn note(&self, message: &str) {
+        match self.bar.lock().ok().and_then(|b| b.clone()) {
+            Some(bar) => bar.println(message),
+            None => eprintln!("{message}"),
+        }
     }
-}
 
-/// The same check for code that returns candle errors: the interrupt stays typed inside
-/// (see [`crate::error::Interrupt`]).
-pub fn check_interrupt_candle() -> candle_core::Result<()> {
-    match INTERRUPTED.load(Ordering::SeqCst) {
-        true => Err(crate::error::Interrupt.into_candle()),
-        false => Ok(()),
-    }
-}
-
-/// Whether progress bars are drawn (off in tests and library use by default).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Progress {
-    pub visible: bool,
-}
-
-impl Progress {
-    pub fn bar(&self, len: u64, what: &str) -> ProgressBar {
-        let bar = ProgressBar::with_draw_target(
-            Some(len),
-            if self.visible {
-                ProgressDrawTarget::stderr()
-            } else {
-                ProgressDrawTarget::hidden()
-            },
-        );
+    fn begin(&self, what: &str, total: u64) {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         bar.set_style(
             ProgressStyle::with_template(
                 "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed} elapsed, ETA {eta})",
@@ -61,12 +42,26 @@ impl Progress {
             .progress_chars("=> "),
         );
         bar.set_prefix(what.to_string());
-        bar
+        if let Ok(mut slot) = self.bar.lock() {
+            *slot = Some(bar);
+        }
     }
 
-    pub fn note(&self, msg: impl AsRef<str>) {
-        if self.visible {
-            eprintln!("{}", msg.as_ref());
+    fn status(&self, message: &str) {
+        if let Some(bar) = self.bar.lock().ok().and_then(|b| b.clone()) {
+            bar.set_message(message.to_string());
+        }
+    }
+
+    fn advance(&self) {
+        if let Some(bar) = self.bar.lock().ok().and_then(|b| b.clone()) {
+            bar.inc(1);
+        }
+    }
+
+    fn end(&self) {
+        if let Some(bar) = self.bar.lock().ok().and_then(|mut b| b.take()) {
+            bar.finish_and_clear();
         }
     }
 }

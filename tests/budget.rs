@@ -2,9 +2,15 @@
 //! choosing settings or refusing. Measured peaks are benchmarks (BENCHMARKS.md), not tests.
 
 use std::path::Path;
-use tessera::budget::{self, MemoryFacts};
-use tessera::plan::{ModelFacts, Plan};
+use tessera::budget::{self, Estimate, MemoryFacts, ModelFacts};
+use tessera::plan::Plan;
 use tessera::spec::{self, Overrides, SpecFile};
+
+/// A plan and its memory estimate, as the render makes them.
+fn estimated(s: &spec::Settings, facts: &ModelFacts) -> Estimate {
+    let plan = Plan::new(s, facts.native_size).unwrap();
+    budget::estimate(&plan, &facts.memory, s)
+}
 
 /// Full-size SD 1.5, as `tessera plan --json` reads it from the weight headers
 /// (`model_memory` of `tessera model synth --arch sd15`).
@@ -46,38 +52,40 @@ const MIB: u64 = 1 << 20;
 fn canvas_estimate_follows_the_window_not_the_canvas() {
     let facts = sd15();
     let stream = "stream_weights = true";
-    let small = Plan::new(&settings(512, None, stream), &facts).unwrap();
-    let large = Plan::new(&settings(2048, None, stream), &facts).unwrap();
-    let ratio = large.memory.canvas_denoise as f64 / small.memory.canvas_denoise as f64;
+    let small = estimated(&settings(512, None, stream), &facts);
+    let large = estimated(&settings(2048, None, stream), &facts);
+    let ratio = large.canvas_denoise as f64 / small.canvas_denoise as f64;
     assert!(
         (1.0..1.05).contains(&ratio),
         "canvas phase grows {ratio:.3}x"
     );
     // Held weights cost the whole UNet (3.4 GB in f32); streamed, about two layers.
-    let held = Plan::new(&settings(512, None, ""), &facts).unwrap();
-    assert!(held.memory.canvas_denoise > small.memory.canvas_denoise + 3000 * MIB);
+    let held = estimated(&settings(512, None, ""), &facts);
+    assert!(held.canvas_denoise > small.canvas_denoise + 3000 * MIB);
 }
 
 #[test]
 fn a_budget_that_fits_changes_only_the_decoder_stay() {
     let s = settings(2048, Some("64G"), "");
-    let (fitted, plan, chosen) = budget::fit(&s, &sd15()).unwrap();
+    let fit = budget::fit(&s, &sd15()).unwrap();
+    let (fitted, chosen) = (&fit.settings, &fit.chosen);
     // Under any budget the decoder is read again rather than held through the canvas pass.
-    assert_eq!(chosen, ["VAE decoder read again for the final decode"]);
+    assert_eq!(chosen, &["VAE decoder read again for the final decode"]);
     assert!(!fitted.keep_decoder && s.keep_decoder);
     assert!(!fitted.stream_weights);
-    assert!(plan.memory.peak() < 64 << 30);
+    assert!(fit.estimate.peak() < 64 << 30);
 }
 
 #[test]
 fn an_800m_budget_streams_weights_and_fits_with_headroom() {
     let s = settings(2048, Some("800M"), "");
-    let (fitted, plan, chosen) = budget::fit(&s, &sd15()).unwrap();
+    let fit = budget::fit(&s, &sd15()).unwrap();
+    let (fitted, plan, chosen) = (&fit.settings, &fit.plan, &fit.chosen);
     assert!(fitted.stream_weights, "{chosen:?}");
     assert!(chosen.iter().any(|c| c.contains("streamed")), "{chosen:?}");
-    assert!(plan.memory.peak() <= 720 * MIB, "{:?}", plan.memory);
+    assert!(fit.estimate.peak() <= 720 * MIB, "{:?}", fit.estimate);
     // Only what was needed: the window and dtype are left alone.
-    assert_eq!(fitted.dtype, candle_core::DType::F32);
+    assert_eq!(fitted.precision, tessera::choices::Precision::F32);
     assert_eq!(plan.window, (512, 512));
 }
 
@@ -92,13 +100,13 @@ fn an_impossible_budget_is_refused_up_front_naming_the_field_and_the_fix() {
 
 #[test]
 fn memory_sizes_parse_like_cgroup_limits() {
-    assert_eq!(spec::parse_bytes("800M"), Some(800 * MIB));
-    assert_eq!(spec::parse_bytes("800MB"), Some(800 * MIB));
-    assert_eq!(spec::parse_bytes("800 MiB"), Some(800 * MIB));
-    assert_eq!(spec::parse_bytes("1.5G"), Some(1536 * MIB));
-    assert_eq!(spec::parse_bytes("4096"), Some(4096));
+    assert_eq!(tessera::units::parse_bytes("800M"), Some(800 * MIB));
+    assert_eq!(tessera::units::parse_bytes("800MB"), Some(800 * MIB));
+    assert_eq!(tessera::units::parse_bytes("800 MiB"), Some(800 * MIB));
+    assert_eq!(tessera::units::parse_bytes("1.5G"), Some(1536 * MIB));
+    assert_eq!(tessera::units::parse_bytes("4096"), Some(4096));
     for bad in ["", "M", "-5M", "800X", "lots"] {
-        assert_eq!(spec::parse_bytes(bad), None, "{bad:?}");
+        assert_eq!(tessera::units::parse_bytes(bad), None, "{bad:?}");
     }
 }
 
@@ -106,10 +114,10 @@ fn memory_sizes_parse_like_cgroup_limits() {
 fn an_image_region_counts_its_encode_in_the_canvas_phase() {
     let mut s = settings(2048, None, "stream_weights = true");
     s.tiles.vae = None; // encoded in one piece, a 2048 px region outweighs a streamed window
-    let mut plan = Plan::new(&s, &sd15()).unwrap();
+    let mut plan = Plan::new(&s, sd15().native_size).unwrap();
     let without = budget::estimate(&plan, &sd15().memory, &s).canvas_denoise;
     plan.image_regions.push(tessera::plan::ImageRegion {
-        rect: tessera::tiles::Rect {
+        rect: tessera::geometry::Rect {
             y: 0,
             x: 0,
             h: 256,

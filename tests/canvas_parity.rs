@@ -5,15 +5,20 @@ mod common;
 use candle_core::{DType, IndexOp, Tensor};
 use common::*;
 use std::path::Path;
-use tessera::canvas::{self, CanvasJob, Conditioning, Window};
-use tessera::model::ModelDir;
+use tessera::facts::model_facts;
+use tessera::geometry::{self, Rect};
+use tessera::guidance::guided_eps;
+use tessera::mixture::Window;
+use tessera::models::ModelDir;
+use tessera::nn::Runtime;
 use tessera::noise::{NoiseSource, SeededNoise};
-use tessera::pipeline;
+use tessera::pass::{self, Pass};
+use tessera::passes::realize_windows;
 use tessera::plan::Plan;
-use tessera::progress::Progress;
+use tessera::render::encode_prompts;
 use tessera::scheduler::{self, SchedulerKind};
 use tessera::spec::{self, Overrides, SpecFile};
-use tessera::tiles::{self, Rect};
+use tessera::{Cond, Placement, Quiet};
 
 const F1_SPEC: &str = r#"
 [canvas]
@@ -44,7 +49,7 @@ fn plan_of(spec_text: &str) -> (tessera::spec::Settings, Plan, ModelDir) {
     };
     let settings = spec::resolve(Some((path, file)), &o).unwrap();
     let dir = ModelDir::open(tiny_model_dir()).unwrap();
-    let plan = Plan::new(&settings, &pipeline::model_facts(&dir).unwrap()).unwrap();
+    let plan = Plan::new(&settings, model_facts(&dir).unwrap().native_size).unwrap();
     (settings, plan, dir)
 }
 
@@ -52,43 +57,44 @@ fn plan_of(spec_text: &str) -> (tessera::spec::Settings, Plan, ModelDir) {
 fn run_and_check(
     name: &str,
     f: &std::collections::HashMap<String, Tensor>,
-    conds: &[Conditioning],
+    conds: &[Cond],
     windows: &[Window],
     after: impl FnMut(usize, f64, &dyn scheduler::Scheduler, Tensor) -> tessera::Result<Tensor>,
 ) -> Tensor {
     let dir = ModelDir::open(tiny_model_dir()).unwrap();
     let cfg = dir.scheduler_config().unwrap();
     let mut sched = scheduler::build(SchedulerKind::Ddim, &cfg, 10).unwrap();
-    let unet = dir.load_unet(DType::F32).unwrap();
-    let job = CanvasJob {
-        unet: &unet,
-        dtype: DType::F32,
-        conds,
-        windows,
-        progress: Progress::default(),
-    };
+    let unet = dir.load_unet(&Runtime::default(), DType::F32).unwrap();
     let x = (get(f, "init_noise") * sched.init_noise_sigma()).unwrap();
+    let (_, _, h, w) = x.dims4().unwrap();
+    let job = Pass {
+        predictor: &unet,
+        windows,
+        conds,
+        canvas_px: (8 * w, 8 * h),
+        observer: &Quiet,
+    };
     let step_latents = get(f, "step_latents");
     let mut after = after;
     let mut first = None;
-    let out = canvas::denoise(
-        &job,
-        sched.as_mut(),
-        x,
-        0,
-        &mut SeededNoise::new(0),
-        |i, t, s, x| {
-            let x = after(i, t, s, x)?;
-            let reference = step_latents.i(i).unwrap();
-            let rel = max_abs_diff(&x, &reference) / max_abs(&reference).max(1.0);
-            eprintln!("{name} step {i}: rel diff {rel:.2e}");
-            if rel > 1e-3 && first.is_none() {
-                first = Some((i, rel));
-            }
-            Ok(x)
-        },
-    )
-    .unwrap();
+    let out = job
+        .run(
+            sched.as_mut(),
+            x,
+            0,
+            &mut SeededNoise::new(0),
+            |i, t, s, x| {
+                let x = after(i, t, s, x)?;
+                let reference = step_latents.i(i).unwrap();
+                let rel = max_abs_diff(&x, &reference) / max_abs(&reference).max(1.0);
+                eprintln!("{name} step {i}: rel diff {rel:.2e}");
+                if rel > 1e-3 && first.is_none() {
+                    first = Some((i, rel));
+                }
+                Ok(x)
+            },
+        )
+        .unwrap();
     assert!(
         first.is_none(),
         "{name}: first diverging step (index, rel diff): {first:?}"
@@ -124,16 +130,16 @@ fn f1_two_text_regions_match_mixture_canvas() {
             ]
         );
     }
-    let windows = pipeline::realize_windows(&plan.windows).unwrap();
+    let windows = realize_windows(&plan.windows).unwrap();
     for (k, w) in windows.iter().enumerate() {
         let diff = max_abs_diff(&w.weights, &get(&f, &format!("t2i.{k}.weights_f64")));
         assert!(diff <= 1e-12, "region {k} weights differ by {diff:e}");
     }
-    let conds = pipeline::encode_prompts(&dir, DType::F32, &plan.prompts).unwrap();
+    let conds = encode_prompts(&dir, &Runtime::default(), &plan.prompts).unwrap();
     for (k, c) in conds.iter().enumerate() {
         assert_close(
             &format!("f1 region {k} embeddings"),
-            &c.embeddings,
+            &c.context,
             &get(&f, &format!("t2i.{k}.prompt_embeds")),
             1e-4,
         );
@@ -225,7 +231,7 @@ weight = 1.3
 "#;
     let (_, plan, dir) = plan_of(spec);
     assert_eq!(plan.windows.len(), 3);
-    let windows = pipeline::realize_windows(&plan.windows).unwrap();
+    let windows = realize_windows(&plan.windows).unwrap();
     for (k, w) in windows.iter().enumerate() {
         let reference = get(&f, &format!("t2i.{k}.weights"));
         assert_eq!(
@@ -242,7 +248,7 @@ weight = 1.3
         let want = [r.y, r.y + r.h, r.x, r.x + r.w];
         assert_eq!(coords, want.iter().map(|&v| v as i64).collect::<Vec<_>>());
     }
-    let conds = pipeline::encode_prompts(&dir, DType::F32, &plan.prompts).unwrap();
+    let conds = encode_prompts(&dir, &Runtime::default(), &plan.prompts).unwrap();
     run_and_check("f4", &f, &conds, &windows, |_, _, _, x| Ok(x));
 }
 
@@ -250,16 +256,16 @@ weight = 1.3
 fn f2_tiling_grid_and_weights_match_mixture_tiling() {
     let f = fixture("f2_tiling");
     // The planner puts the reference's tiles where the reference does.
-    let grid = tiles::grid(28, 28, (16, 16), 4);
+    let grid = geometry::grid(28, 28, (16, 16), 4);
     let mut conds = Vec::new();
     let mut windows = Vec::new();
     // Upstream tiling quirk: the y midpoint is h/2 (canvas semantics use (h-1)/2 on both axes).
-    let quirk = tiles::outer(
-        &tiles::gaussian_1d(16, 8.0),
-        &tiles::gaussian_1d(16, 7.5),
+    let quirk = geometry::outer(
+        &geometry::gaussian_1d(16, 8.0),
+        &geometry::gaussian_1d(16, 7.5),
         1.0,
-    )
-    .unwrap();
+    );
+    let quirk = Tensor::from_vec(quirk, (16, 16), &candle_core::Device::Cpu).unwrap();
     assert!(max_abs_diff(&quirk, &get(&f, "tile_weights_f64")) <= 1e-12);
     for (k, rect) in grid.iter().enumerate() {
         let (row, col) = (k / 2, k % 2);
@@ -275,8 +281,9 @@ fn f2_tiling_grid_and_weights_match_mixture_tiling() {
                 (rect.x + 16) as i64
             ]
         );
-        conds.push(Conditioning {
-            embeddings: get(&f, &format!("tile.{row}.{col}.prompt_embeds")),
+        conds.push(Cond {
+            context: get(&f, &format!("tile.{row}.{col}.prompt_embeds")),
+            pooled: None,
             guidance: 7.5,
         });
         windows.push(Window {
@@ -307,16 +314,16 @@ prompt = "a wide landscape at sunset"
 guidance = 7.5
 "#;
     let (_, plan, _) = plan_of(spec);
-    let windows = pipeline::realize_windows(&plan.windows).unwrap();
-    let conds = pipeline::encode_prompts(&dir, DType::F32, &plan.prompts).unwrap();
+    let windows = realize_windows(&plan.windows).unwrap();
+    let conds = encode_prompts(&dir, &Runtime::default(), &plan.prompts).unwrap();
     assert_close(
         "f3 embeddings",
-        &conds[0].embeddings,
+        &conds[0].context,
         &get(&f, "t2i.0.prompt_embeds"),
         1e-4,
     );
     // The reference samples its latent distribution with stored noise (tessera's CLI uses the mean).
-    let vae = dir.load_vae(DType::F32).unwrap();
+    let vae = dir.load_vae(&Runtime::default(), DType::F32).unwrap();
     let dist = vae.encode(&get(&f, "i2i.0.image")).unwrap();
     let sampled =
         (&dist.mean + (dist.std().unwrap() * get(&f, "i2i.0.sample_noise")).unwrap()).unwrap();
@@ -329,8 +336,7 @@ guidance = 7.5
     );
     let sched =
         scheduler::build(SchedulerKind::Ddim, &dir.scheduler_config().unwrap(), 10).unwrap();
-    let latest =
-        pipeline::latest_timestep(sched.as_ref(), &dir.scheduler_config().unwrap(), 10, 0.5);
+    let latest = pass::latest_timestep(sched.as_ref(), &dir.scheduler_config().unwrap(), 10, 0.5);
     assert_eq!(
         latest,
         get(&f, "i2i.0.latest_timestep").to_scalar::<i64>().unwrap() as f64
@@ -346,7 +352,7 @@ guidance = 7.5
     let regions = vec![(rect, reference, latest)];
     let init = get(&f, "init_noise");
     run_and_check("f3", &f, &conds, &windows, |_, t, s, x| {
-        pipeline::apply_image_regions(s, &regions, &init, t, x)
+        pass::apply_image_regions(s, &regions, &init, t, x)
     });
 }
 
@@ -355,33 +361,34 @@ fn one_window_canvas_equals_plain_txt2img_exactly() {
     // A canvas whose single window covers it takes the txt2img path, bit for bit.
     let (_, plan, dir) = plan_of("[canvas]\nwidth = 128\nheight = 128\nsteps = 3\nscheduler = \"ddim\"\n[prompt]\ntext = \"a cat\"\n");
     assert_eq!(plan.windows.len(), 1);
-    let conds = pipeline::encode_prompts(&dir, DType::F32, &plan.prompts).unwrap();
-    let unet = dir.load_unet(DType::F32).unwrap();
+    let conds = encode_prompts(&dir, &Runtime::default(), &plan.prompts).unwrap();
+    let unet = dir.load_unet(&Runtime::default(), DType::F32).unwrap();
     let cfg = dir.scheduler_config().unwrap();
     let x = SeededNoise::new(1).noise(&(1, 4, 16, 16).into()).unwrap();
-    let windows = pipeline::realize_windows(&plan.windows).unwrap();
-    let job = CanvasJob {
-        unet: &unet,
-        dtype: DType::F32,
-        conds: &conds,
+    let windows = realize_windows(&plan.windows).unwrap();
+    let job = Pass {
+        predictor: &unet,
         windows: &windows,
-        progress: Progress::default(),
+        conds: &conds,
+        canvas_px: (128, 128),
+        observer: &Quiet,
     };
     let mut s1 = scheduler::build(SchedulerKind::Ddim, &cfg, 3).unwrap();
-    let a = canvas::denoise(
-        &job,
-        s1.as_mut(),
-        x.clone(),
-        0,
-        &mut SeededNoise::new(0),
-        |_, _, _, x| Ok(x),
-    )
-    .unwrap();
+    let a = job
+        .run(
+            s1.as_mut(),
+            x.clone(),
+            0,
+            &mut SeededNoise::new(0),
+            |_, _, _, x| Ok(x),
+        )
+        .unwrap();
     // Plain txt2img by hand: guided eps and a scheduler step, nothing else.
     let mut s2 = scheduler::build(SchedulerKind::Ddim, &cfg, 3).unwrap();
     let mut y = x;
     for t in s2.timesteps().to_vec() {
-        let eps = canvas::guided_eps(&unet, s2.as_ref(), &y, t, &conds[0], DType::F32).unwrap();
+        let at = Placement::whole((128, 128));
+        let eps = guided_eps(&unet, s2.as_ref(), &y, t, &conds[0], &at).unwrap();
         y = s2.step(&eps, t, &y, &mut SeededNoise::new(0)).unwrap();
     }
     assert_eq!(max_abs_diff(&a, &y), 0.0);

@@ -5,7 +5,7 @@ use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use tessera::check::{self, metrics, GoldenThresholds, Thresholds};
-use tessera::tiles::{self, Rect};
+use tessera::geometry::{self, Rect};
 
 const SIDE: u32 = 320;
 const GUIDE: u32 = 80;
@@ -48,7 +48,7 @@ fn detailed(w: u32, h: u32) -> RgbImage {
 
 fn plan_windows() -> Vec<Rect> {
     let side = SIDE as usize / 8;
-    tiles::grid(side, side, (16, 16), 4)
+    geometry::grid(side, side, (16, 16), 4)
         .into_iter()
         .map(|r| r.scaled(8))
         .collect()
@@ -445,15 +445,15 @@ fn check_cli_golden_regression() {
 
 #[test]
 fn check_after_render_uses_the_render_plan() {
-    use tessera::pipeline::RenderReport;
-    use tessera::plan::{ModelFacts, Plan};
+    use tessera::checking::{after_render, verdict};
+    use tessera::plan::Plan;
     use tessera::spec::{self, SpecFile};
+    use tessera::RenderReport;
     let tmp = tempfile::tempdir().unwrap();
     let spec_path = tmp.path().join("poster.toml");
     let file = SpecFile::parse(SPEC, &spec_path).unwrap();
     let settings = spec::resolve(Some((&spec_path, file)), &Default::default()).unwrap();
-    let facts = ModelFacts::geometry_only((128, 128));
-    let plan = Plan::new(&settings, &facts).unwrap();
+    let plan = Plan::new(&settings, (128, 128)).unwrap();
     let clean = smooth(SIDE, SIDE);
     let guide = guide_of(&clean);
     let (good, good_guide) = write_render(tmp.path(), "good", &clean, &guide);
@@ -462,18 +462,19 @@ fn check_after_render_uses_the_render_plan() {
         output,
         guide,
         plan: plan.clone(),
+        estimate: Default::default(),
         scheduler: tessera::scheduler::SchedulerKind::Ddim,
         phases: Default::default(),
         loads: Default::default(),
     };
-    let checked = |r: RenderReport| check::after_render(&r).unwrap().expect("a guide to check");
+    let checked = |r: RenderReport| after_render(&r).unwrap().expect("a guide to check");
     let good_check = checked(report(good.clone(), Some(good_guide)));
     assert!(good_check.pass);
-    check::conclude(&good_check, true).unwrap();
+    verdict(good_check.pass, &good_check.failures).unwrap();
     let bad_check = checked(report(bad, Some(bad_guide)));
-    let e = check::conclude(&bad_check, true).unwrap_err();
+    let e = verdict(bad_check.pass, &bad_check.failures).unwrap_err();
     assert_eq!(e.exit_code(), 1);
     assert!(e.to_string().contains("x=96"), "{e}");
     // No guide picture: skipped, not failed.
-    assert!(check::after_render(&report(good, None)).unwrap().is_none());
+    assert!(after_render(&report(good, None)).unwrap().is_none());
 }

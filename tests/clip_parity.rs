@@ -3,8 +3,8 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use tessera::model::tokenizer::ClipTokenizer;
-use tessera::model::ModelDir;
+use tessera::models::ModelDir;
+use tessera::nn::tokenizer::ClipTokenizer;
 
 fn prompts() -> Vec<String> {
     serde_json::from_str(&fixture_metadata("a_tokens")["prompts"]).unwrap()
@@ -58,7 +58,9 @@ fn vocab_and_merges_build_the_same_tokenizer() {
 fn text_encoder_matches_transformers() {
     let f = fixture("b_text_encoder");
     let dir = ModelDir::open(tiny_model_dir()).unwrap();
-    let encoder = dir.load_text_encoder(DType::F32).unwrap();
+    let encoder = dir
+        .load_text_encoder(&tessera::nn::Runtime::default(), DType::F32)
+        .unwrap();
     let ids: Vec<Vec<i64>> = get(&f, "input_ids").to_vec2().unwrap();
     let ids: Vec<Vec<u32>> = ids
         .into_iter()

@@ -141,8 +141,10 @@ fn per_tile_vae_groupnorm_is_caught() {
     // fall on window edges, where `tessera check` looks for seams.
     use candle_core::{DType, IndexOp, Tensor};
     let d = demo();
-    let dir = tessera::model::ModelDir::open(repo_path("models/tiny-poster")).unwrap();
-    let decoder = dir.load_vae_decoder(DType::F32).unwrap();
+    let dir = tessera::models::ModelDir::open(repo_path("models/tiny-poster")).unwrap();
+    let decoder = dir
+        .load_vae_decoder(&tessera::nn::Runtime::default(), DType::F32)
+        .unwrap();
     let scaling = dir.vae_config().unwrap().scaling_factor;
     let z = candle_core::safetensors::load(&d.latents, &candle_core::Device::Cpu).unwrap()
         ["latents"]

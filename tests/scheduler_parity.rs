@@ -3,7 +3,7 @@
 mod common;
 use candle_core::IndexOp;
 use common::*;
-use tessera::model::ModelDir;
+use tessera::models::ModelDir;
 use tessera::noise::{ReplayNoise, SeededNoise};
 use tessera::scheduler::{self, schedule, SchedulerConfig, SchedulerKind};
 

@@ -4,14 +4,17 @@
 mod common;
 use candle_core::{DType, IndexOp, Tensor};
 use common::*;
-use tessera::canvas::{self, CanvasJob, Conditioning, Window};
-use tessera::model::ModelDir;
+use tessera::autoencoder::Autoencoder;
+use tessera::geometry::Rect;
+use tessera::mixture::Window;
+use tessera::models::ModelDir;
+use tessera::nn::Runtime;
 use tessera::noise::{NoiseSource, ReplayNoise, SeededNoise};
-use tessera::pipeline;
-use tessera::progress::Progress;
+use tessera::pass::Pass;
+use tessera::render::encode_prompts;
 use tessera::scheduler::{self, SchedulerConfig, SchedulerKind};
 use tessera::spec::TextPrompt;
-use tessera::tiles::Rect;
+use tessera::{Cond, Quiet};
 
 fn run_case(name: &str, kind: SchedulerKind) {
     let f = fixture(name);
@@ -25,16 +28,17 @@ fn run_case(name: &str, kind: SchedulerKind) {
         negative: String::new(),
         guidance: 7.5,
     };
-    let conds = pipeline::encode_prompts(&dir, DType::F32, &[prompt]).unwrap();
+    let conds = encode_prompts(&dir, &Runtime::default(), &[prompt]).unwrap();
     assert_close(
         &format!("{name} prompt_embeds"),
-        &conds[0].embeddings,
+        &conds[0].context,
         &get(&f, "prompt_embeds"),
         1e-4,
     );
     // The loop runs on the reference embeddings so each stage is judged on its own.
-    let conds = vec![Conditioning {
-        embeddings: get(&f, "prompt_embeds"),
+    let conds = vec![Cond {
+        context: get(&f, "prompt_embeds"),
+        pooled: None,
         guidance: 7.5,
     }];
 
@@ -44,7 +48,9 @@ fn run_case(name: &str, kind: SchedulerKind) {
     assert_eq!(got_t, ref_t, "{name}: timesteps");
 
     let latents = (get(&f, "init_latents") * sched.init_noise_sigma()).unwrap();
-    let unet = dir.load_unet(DType::F32).unwrap();
+    let unet = dir
+        .load_unet(&tessera::nn::Runtime::default(), DType::F32)
+        .unwrap();
     let whole = Rect {
         y: 0,
         x: 0,
@@ -56,12 +62,12 @@ fn run_case(name: &str, kind: SchedulerKind) {
         cond: 0,
         weights: Tensor::ones((16, 16), DType::F64, &candle_core::Device::Cpu).unwrap(),
     }];
-    let job = CanvasJob {
-        unet: &unet,
-        dtype: DType::F32,
-        conds: &conds,
+    let job = Pass {
+        predictor: &unet,
         windows: &windows,
-        progress: Progress::default(),
+        conds: &conds,
+        canvas_px: (128, 128),
+        observer: &Quiet,
     };
     let mut noise: Box<dyn NoiseSource> = match f.get("step_noises") {
         Some(n) => Box::new(ReplayNoise::new((0..10).map(|i| n.i(i).unwrap()))),
@@ -69,13 +75,8 @@ fn run_case(name: &str, kind: SchedulerKind) {
     };
     let step_latents = get(&f, "step_latents");
     let mut first_divergence = None;
-    let out = canvas::denoise(
-        &job,
-        sched.as_mut(),
-        latents,
-        0,
-        noise.as_mut(),
-        |i, _, _, x| {
+    let out = job
+        .run(sched.as_mut(), latents, 0, noise.as_mut(), |i, _, _, x| {
             let reference = step_latents.i(i).unwrap();
             let rel = max_abs_diff(&x, &reference) / max_abs(&reference).max(1.0);
             eprintln!("{name} step {i}: rel diff {rel:.2e}");
@@ -83,9 +84,8 @@ fn run_case(name: &str, kind: SchedulerKind) {
                 first_divergence = Some((i, rel));
             }
             Ok(x)
-        },
-    )
-    .unwrap();
+        })
+        .unwrap();
     assert!(
         first_divergence.is_none(),
         "{name}: first diverging step (index, rel diff): {first_divergence:?}"
@@ -95,8 +95,9 @@ fn run_case(name: &str, kind: SchedulerKind) {
     eprintln!("{name}: final latents rel diff {rel:.2e}");
     assert!(rel <= 1e-3, "{name}: final latents rel diff {rel:e}");
 
-    let decoded =
-        pipeline::decode(&dir, &final_ref, DType::F32, None, &Progress::default()).unwrap();
+    let decoded = Autoencoder::new(&dir, &Runtime::default(), None)
+        .decode(&final_ref, &Quiet)
+        .unwrap();
     assert_close(
         &format!("{name} vae_decoded"),
         &decoded,

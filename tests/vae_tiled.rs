@@ -5,14 +5,14 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use tessera::model::vae::{tiled, AutoencoderKl};
-use tessera::model::ModelDir;
+use tessera::models::ModelDir;
+use tessera::nn::vae::{tiled, AutoencoderKl};
 use tessera::noise::{NoiseSource, SeededNoise};
 
 fn vae() -> AutoencoderKl {
     ModelDir::open(tiny_model_dir())
         .unwrap()
-        .load_vae(DType::F32)
+        .load_vae(&tessera::nn::Runtime::default(), DType::F32)
         .unwrap()
 }
 
@@ -34,7 +34,7 @@ fn naive_decode(vae: &AutoencoderKl, z: &Tensor, tile: usize, overlap: usize) ->
     let (_, _, h, w) = z.dims4().unwrap();
     let mut num = Tensor::zeros((1, 3, 8 * h, 8 * w), DType::F32, &Device::Cpu).unwrap();
     let mut den = num.clone();
-    for r in tessera::tiles::grid(h, w, (tile, tile), overlap) {
+    for r in tessera::geometry::grid(h, w, (tile, tile), overlap) {
         let img = vae
             .decode(&z.narrow(2, r.y, r.h).unwrap().narrow(3, r.x, r.w).unwrap())
             .unwrap();

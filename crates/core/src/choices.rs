@@ -1,0 +1,99 @@
+//! The names of what a user chooses: the sampler and the precision. Planning validates them
+//! by these names; the engine maps them to its schedulers and dtypes.
+
+use serde::{Deserialize, Serialize};
+
+/// Default bytes of attention scores (and feed-forward hidden state) alive at once.
+pub const DEFAULT_ATTENTION_BUDGET: usize = 256 << 20;
+
+/// The schedulers tessera offers, by their CLI names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SchedulerKind {
+    Ddim,
+    Euler,
+    EulerAncestral,
+    DpmPlusPlus2M,
+}
+
+impl SchedulerKind {
+    pub const NAMES: &'static [&'static str] = &["ddim", "euler", "euler-a", "dpm++2m"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "ddim" => Some(Self::Ddim),
+            "euler" => Some(Self::Euler),
+            "euler-a" | "euler_a" | "euler-ancestral" => Some(Self::EulerAncestral),
+            "dpm++2m" | "dpmpp2m" | "dpm++" | "dpmpp" => Some(Self::DpmPlusPlus2M),
+            _ => None,
+        }
+    }
+
+    /// The scheduler a model folder asks for through its config's `_class_name`.
+    pub fn from_class_name(class: &str) -> Option<Self> {
+        match class {
+            "DDIMScheduler" => Some(Self::Ddim),
+            "EulerDiscreteScheduler" => Some(Self::Euler),
+            "EulerAncestralDiscreteScheduler" => Some(Self::EulerAncestral),
+            "DPMSolverMultistepScheduler" => Some(Self::DpmPlusPlus2M),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ddim => "ddim",
+            Self::Euler => "euler",
+            Self::EulerAncestral => "euler-a",
+            Self::DpmPlusPlus2M => "dpm++2m",
+        }
+    }
+}
+
+/// The numeric precision a user asks for (`--dtype`). The runtime decides what each component
+/// really computes in (see `tessera_nn::runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+    BF16,
+}
+
+impl Precision {
+    pub const NAMES: &'static [&'static str] = &["f32", "f16", "bf16"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "f32" | "float32" | "fp32" => Some(Self::F32),
+            "f16" | "float16" | "fp16" => Some(Self::F16),
+            "bf16" | "bfloat16" => Some(Self::BF16),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+        }
+    }
+
+    /// What convolutional networks compute in on the CPU when this precision is asked for:
+    /// candle's CPU convolution has no bf16 kernel, so bf16 runs them in f32. Planning sizes
+    /// activations by it; the runtime picks dtypes by it.
+    pub fn cpu_conv(self) -> Precision {
+        match self {
+            Self::BF16 => Self::F32,
+            p => p,
+        }
+    }
+
+    /// Bytes per value.
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+        }
+    }
+}

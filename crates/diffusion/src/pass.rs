@@ -1,0 +1,208 @@
+//! One denoising pass over a latent canvas: the guide pass and the canvas pass are both this,
+//! differing only in size, windows, conditionings, start and image regions.
+
+use crate::guidance::{guided_eps, Cond};
+use crate::mixture::{Blend, Window};
+use crate::noise::{NoiseSource, SeededNoise};
+use crate::predictor::{NoisePredictor, Placement};
+use crate::scheduler::{self, Scheduler, SchedulerConfig, SchedulerKind};
+use candle_core::{IndexOp, Tensor};
+use tessera_core::{interrupt, Observer, Rect, Result};
+
+/// An image region: latents held to a reference picture for the first part of the schedule.
+pub struct ImageRegion {
+    /// Latent cells.
+    pub rect: Rect,
+    /// The picture's scaled latent mean, (1, C, h, w).
+    pub reference: Tensor,
+    /// The share of the schedule during which the region is held (its strength).
+    pub strength: f64,
+}
+
+/// Where a pass starts.
+pub enum Start<'a> {
+    /// Pure noise (txt2img).
+    Noise,
+    /// Clean latents re-noised: the last `strength` of the schedule is run on them.
+    Latents { latents: &'a Tensor, strength: f64 },
+}
+
+/// Everything one pass needs besides the predictor.
+pub struct PassSpec<'a> {
+    pub scheduler: SchedulerKind,
+    pub config: &'a SchedulerConfig,
+    pub steps: usize,
+    /// The initial Gaussian noise, (1, C, h, w) on the compute device.
+    pub noise: &'a Tensor,
+    pub start: Start<'a>,
+    pub windows: &'a [Window],
+    pub conds: &'a [Cond],
+    pub image_regions: &'a [ImageRegion],
+    /// Seed of the per-step noise of ancestral samplers.
+    pub ancestral_seed: u64,
+    /// The canvas size in pixels, for windows' placement.
+    pub canvas_px: (usize, usize),
+}
+
+/// The schedule index a re-noised start begins at: `steps - int(steps * strength)`.
+pub fn start_index(steps: usize, strength: f64) -> usize {
+    steps - ((steps as f64 * strength) as usize).min(steps)
+}
+
+/// Run a pass: build its scheduler, noise the start, denoise through the remaining steps.
+pub fn denoise(
+    predictor: &dyn NoisePredictor,
+    spec: &PassSpec,
+    observer: &dyn Observer,
+) -> Result<Tensor> {
+    let mut sched = scheduler::build(spec.scheduler, spec.config, spec.steps)?;
+    let (x, start) = match spec.start {
+        Start::Noise => ((spec.noise * sched.init_noise_sigma())?, 0),
+        Start::Latents { latents, strength } => {
+            let start = start_index(spec.steps, strength);
+            if start == spec.steps {
+                return Ok(latents.clone());
+            }
+            let t = sched.timesteps()[start];
+            (sched.add_noise(latents, spec.noise, t)?, start)
+        }
+    };
+    let regions = spec
+        .image_regions
+        .iter()
+        .map(|r| {
+            let latest = latest_timestep(sched.as_ref(), spec.config, spec.steps, r.strength);
+            (r.rect, r.reference.clone(), latest)
+        })
+        .collect::<Vec<_>>();
+    let pass = Pass {
+        predictor,
+        windows: spec.windows,
+        conds: spec.conds,
+        canvas_px: spec.canvas_px,
+        observer,
+    };
+    let mut ancestral = SeededNoise::new(spec.ancestral_seed);
+    pass.run(
+        sched.as_mut(),
+        x,
+        start,
+        &mut ancestral,
+        |_, t, sched, x| apply_image_regions(sched, &regions, spec.noise, t, x),
+    )
+}
+
+/// The denoising loop itself, for callers that build their scheduler and start themselves
+/// (parity tests replay reference runs through it).
+pub struct Pass<'a> {
+    pub predictor: &'a dyn NoisePredictor,
+    pub windows: &'a [Window],
+    pub conds: &'a [Cond],
+    pub canvas_px: (usize, usize),
+    pub observer: &'a dyn Observer,
+}
+
+impl Pass<'_> {
+    /// Denoise `latents` (already noised for timestep index `start`) through the remaining
+    /// timesteps of `sched`. `after_step(i, t, sched, latents)` sees every step and may replace
+    /// the latents (image regions).
+    pub fn run(
+        &self,
+        sched: &mut dyn Scheduler,
+        mut latents: Tensor,
+        start: usize,
+        noise: &mut dyn NoiseSource,
+        mut after_step: impl FnMut(usize, f64, &dyn Scheduler, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        sched.set_begin_index(start);
+        let timesteps = sched.timesteps()[start..].to_vec();
+        let (_, _, lh, lw) = latents.dims4()?;
+        let whole = Rect {
+            y: 0,
+            x: 0,
+            h: lh,
+            w: lw,
+        };
+        let single = self.windows.len() == 1 && self.windows[0].rect == whole;
+        self.observer
+            .begin("denoise", (timesteps.len() * self.windows.len()) as u64);
+        for (k, &t) in timesteps.iter().enumerate() {
+            self.observer
+                .status(&format!("step {}/{}", k + 1, timesteps.len()));
+            let eps = if single {
+                // One window covering everything is plain txt2img: skip the blend so it is exact.
+                self.window_eps(&self.windows[0], sched, &latents, t)?
+            } else {
+                let mut blend = Blend::new(&latents)?;
+                for win in self.windows {
+                    let r = win.rect;
+                    let crop = latents
+                        .i((.., .., r.y..r.y + r.h, r.x..r.x + r.w))?
+                        .contiguous()?;
+                    let eps = self.window_eps(win, sched, &crop, t)?;
+                    blend.add(r, &eps, &win.weights)?;
+                }
+                blend.finish()?
+            };
+            latents = sched.step(&eps, t, &latents, noise)?;
+            latents = after_step(start + k, t, &*sched, latents)?;
+        }
+        self.observer.end();
+        Ok(latents)
+    }
+
+    fn window_eps(
+        &self,
+        win: &Window,
+        sched: &dyn Scheduler,
+        crop: &Tensor,
+        t: f64,
+    ) -> Result<Tensor> {
+        interrupt::check()?;
+        let r = win.rect.scaled(8);
+        let at = Placement {
+            canvas: self.canvas_px,
+            offset: (r.x, r.y),
+            size: (r.w, r.h),
+        };
+        let eps = guided_eps(self.predictor, sched, crop, t, &self.conds[win.cond], &at)?;
+        self.observer.advance();
+        Ok(eps)
+    }
+}
+
+/// Image regions follow the reference `mixture_canvas.py`: while `t > latest`, the region's
+/// latents are replaced by its reference latents noised to `t` with the initial noise.
+pub fn apply_image_regions(
+    sched: &dyn Scheduler,
+    regions: &[(Rect, Tensor, f64)],
+    init_noise: &Tensor,
+    t: f64,
+    mut x: Tensor,
+) -> Result<Tensor> {
+    for (r, reference, latest) in regions {
+        if t > *latest {
+            let ranges = (.., .., r.y..r.y + r.h, r.x..r.x + r.w);
+            let noised = sched.add_noise(reference, &init_noise.i(ranges)?.contiguous()?, t)?;
+            x = x.slice_assign(
+                &[0..1, 0..x.dim(1)?, r.y..r.y + r.h, r.x..r.x + r.w],
+                &noised,
+            )?;
+        }
+    }
+    Ok(x)
+}
+
+/// The last timestep at which an image region of `strength` is still overridden (reference
+/// formula, including its use of `steps_offset`).
+pub fn latest_timestep(
+    sched: &dyn Scheduler,
+    cfg: &SchedulerConfig,
+    steps: usize,
+    strength: f64,
+) -> f64 {
+    let offset = cfg.steps_offset;
+    let init_ts = ((steps as f64 * (1.0 - strength)) as usize + offset).min(steps);
+    let t_start = (steps + offset).saturating_sub(init_ts).min(steps - 1);
+    sched.timesteps()[t_start]
+}

@@ -1,0 +1,128 @@
+//! `tessera model info`: what a model folder holds, read from configs and safetensors headers
+//! without loading any weights.
+
+use crate::ModelDir;
+use std::collections::BTreeMap;
+use std::fmt;
+use tessera_core::{Error, Result};
+
+/// Parameter count and stored dtypes of one component's weights file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentInfo {
+    pub file: String,
+    pub parameters: u64,
+    pub dtypes: BTreeMap<String, u64>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub family: String,
+    /// `[width, height]` in pixels.
+    pub native_size: [usize; 2],
+    pub prediction_type: String,
+    pub scheduler: String,
+    pub unet: ComponentInfo,
+    pub vae: ComponentInfo,
+    pub text_encoder: ComponentInfo,
+}
+
+fn component(dir: &ModelDir, name: &str, stem: &str) -> Result<ComponentInfo> {
+    let path = dir.weights(name, stem)?;
+    let file = std::fs::File::open(&path).map_err(|e| Error::io(path.display().to_string(), e))?;
+    // SAFETY: read-only mapping of a file we do not modify.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| Error::io(path.display().to_string(), e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
+        Error::input(
+            &path,
+            None,
+            format!("not a safetensors file: {e}"),
+            "re-download it",
+        )
+    })?;
+    let mut info = ComponentInfo {
+        file: path.display().to_string(),
+        parameters: 0,
+        dtypes: BTreeMap::new(),
+        bytes: map.len() as u64,
+    };
+    for tensor in meta.tensors().values() {
+        let n: u64 = tensor.shape.iter().map(|&d| d as u64).product();
+        info.parameters += n;
+        *info
+            .dtypes
+            .entry(format!("{:?}", tensor.dtype))
+            .or_default() += n;
+    }
+    Ok(info)
+}
+
+/// Family, native size, scheduler and per-component sizes of a model folder.
+pub fn inspect(dir: &ModelDir) -> Result<ModelInfo> {
+    let unet = dir.unet_config()?;
+    let sched = dir.scheduler_config()?;
+    let family = match unet.cross_attention_dim {
+        768 => "SD 1.x",
+        1024 => "SD 2.x / Turbo",
+        _ => "SD-1.x-shaped (custom sizes)",
+    };
+    Ok(ModelInfo {
+        family: family.to_string(),
+        native_size: {
+            let (w, h) = native_size(dir)?;
+            [w, h]
+        },
+        prediction_type: format!("{:?}", sched.prediction_type),
+        scheduler: sched.class_name.clone().unwrap_or_else(|| "?".into()),
+        unet: component(dir, "unet", "diffusion_pytorch_model")?,
+        vae: component(dir, "vae", "diffusion_pytorch_model")?,
+        text_encoder: component(dir, "text_encoder", "model")?,
+    })
+}
+
+impl fmt::Display for ModelInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "family:          {}", self.family)?;
+        let [w, h] = self.native_size;
+        writeln!(f, "native size:     {w}x{h} px")?;
+        writeln!(
+            f,
+            "scheduler:       {} ({})",
+            self.scheduler, self.prediction_type
+        )?;
+        for (name, c) in [
+            ("unet", &self.unet),
+            ("vae", &self.vae),
+            ("text encoder", &self.text_encoder),
+        ] {
+            let dtypes: Vec<String> = c.dtypes.keys().cloned().collect();
+            writeln!(
+                f,
+                "{:<16} {:>7.1} M parameters, {} ({:.1} MB) {}",
+                format!("{name}:"),
+                c.parameters as f64 / 1e6,
+                dtypes.join("+"),
+                c.bytes as f64 / 1e6,
+                c.file
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The model's native picture size `(width, height)` in pixels: the UNet's sample size times
+/// the VAE factor, else the VAE's own sample size, else 512 (SD 1.x).
+pub fn native_size(dir: &ModelDir) -> Result<(usize, usize)> {
+    let unet = dir.unet_config()?;
+    let vae = dir.vae_config()?;
+    let factor = 1 << (vae.block_out_channels.len().saturating_sub(1));
+    Ok(match (unet.sample_size, vae.sample_size) {
+        (Some(s), _) => {
+            let (w, h) = s.wh();
+            (w * factor, h * factor)
+        }
+        (None, Some(s)) => s.wh(),
+        (None, None) => (512, 512),
+    })
+}

@@ -1,0 +1,70 @@
+//! Softmax attention, written once for every network: scores in f32 whatever the activations'
+//! dtype, and never more than a budget of scores alive at once, whatever the number of tokens
+//! (4096 for a 512 px UNet window, 65536 for a 2048 px VAE mid block).
+//!
+//! [`attend`] takes all keys at once and chunks the queries; [`OnlineSoftmax`] takes keys in
+//! blocks (the tiled VAE streams them from disk) with a running max and sum, so the result is
+//! exact either way.
+
+use candle_core::{DType, Result, Tensor, D};
+
+pub use tessera_core::choices::DEFAULT_ATTENTION_BUDGET;
+
+/// softmax(q kᵀ · scale) v over (B, heads, n, d) tensors, a chunk of queries at a time so that
+/// at most `budget` bytes of f32 scores are alive. Returns v's dtype.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) -> Result<Tensor> {
+    let (b, h, n, _) = q.dims4()?;
+    let m = k.dim(2)?;
+    let dtype = v.dtype();
+    let kt = k.to_dtype(DType::F32)?.t()?.contiguous()?;
+    let v32 = v.to_dtype(DType::F32)?;
+    let chunk = (budget / (4 * b * h * m).max(1)).clamp(1, n);
+    let mut parts = Vec::with_capacity(n.div_ceil(chunk));
+    for start in (0..n).step_by(chunk) {
+        let len = chunk.min(n - start);
+        let qc = (q.narrow(2, start, len)?.to_dtype(DType::F32)? * scale)?;
+        let probs = candle_nn::ops::softmax_last_dim(&qc.matmul(&kt)?)?;
+        parts.push(probs.matmul(&v32)?);
+    }
+    Tensor::cat(&parts, 2)?.to_dtype(dtype)
+}
+
+/// Attention of fixed queries (n, d) over keys and values given in blocks, exact: a running
+/// max `m`, running sum `l` and accumulator per query, rescaled as each block arrives.
+pub struct OnlineSoftmax {
+    /// Queries already multiplied by the scale.
+    q: Tensor,
+    m: Tensor,
+    l: Tensor,
+    acc: Tensor,
+}
+
+impl OnlineSoftmax {
+    /// `q` (n, d) in f32, already scaled; values have `dv` columns.
+    pub fn new(q: Tensor, dv: usize) -> Result<Self> {
+        let n = q.dim(0)?;
+        Ok(Self {
+            m: Tensor::full(f32::NEG_INFINITY, (n, 1), q.device())?,
+            l: Tensor::zeros((n, 1), DType::F32, q.device())?,
+            acc: Tensor::zeros((n, dv), DType::F32, q.device())?,
+            q,
+        })
+    }
+
+    /// Fold in a block of keys (m, d) and values (m, dv).
+    pub fn add(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let s = self.q.matmul(&k.t()?)?;
+        let m_new = self.m.maximum(&s.max_keepdim(D::Minus1)?)?;
+        let p = s.broadcast_sub(&m_new)?.exp()?;
+        let correction = (&self.m - &m_new)?.exp()?;
+        self.l = (self.l.mul(&correction)? + p.sum_keepdim(D::Minus1)?)?;
+        self.acc = (self.acc.broadcast_mul(&correction)? + p.matmul(v)?)?;
+        self.m = m_new;
+        Ok(())
+    }
+
+    /// The attention output (n, dv).
+    pub fn finish(self) -> Result<Tensor> {
+        self.acc.broadcast_div(&self.l)
+    }
+}

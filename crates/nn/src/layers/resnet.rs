@@ -1,0 +1,70 @@
+//! The resnet block of the UNet and the VAE: GroupNorm, SiLU, 3x3 convolution, twice, with an
+//! optional timestep projection added between (UNet) and a 1x1 shortcut when the channel count
+//! changes.
+
+use super::conv::Conv2d;
+use super::norm::GroupNorm;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{linear, Linear, VarBuilder};
+
+pub struct ResnetConfig {
+    pub groups: usize,
+    pub eps: f64,
+    /// Width of the timestep embedding projected into the block (UNet); `None` in the VAE.
+    pub temb: Option<usize>,
+    /// The output is divided by this (the UNet's `mid_block_scale_factor`).
+    pub output_scale: f64,
+}
+
+pub struct ResnetBlock {
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    pub time_emb_proj: Option<Linear>,
+    pub norm2: GroupNorm,
+    pub conv2: Conv2d,
+    pub shortcut: Option<Conv2d>,
+    pub output_scale: f64,
+}
+
+impl ResnetBlock {
+    pub fn new(vb: VarBuilder, cin: usize, cout: usize, c: &ResnetConfig) -> Result<Self> {
+        Ok(Self {
+            norm1: GroupNorm::new(vb.pp("norm1"), cin, c.groups, c.eps)?,
+            conv1: Conv2d::same3(vb.pp("conv1"), cin, cout)?,
+            time_emb_proj: c
+                .temb
+                .map(|t| linear(t, cout, vb.pp("time_emb_proj")))
+                .transpose()?,
+            norm2: GroupNorm::new(vb.pp("norm2"), cout, c.groups, c.eps)?,
+            conv2: Conv2d::same3(vb.pp("conv2"), cout, cout)?,
+            shortcut: (cin != cout)
+                .then(|| Conv2d::point(vb.pp("conv_shortcut"), cin, cout))
+                .transpose()?,
+            output_scale: c.output_scale,
+        })
+    }
+
+    /// `temb` is the timestep embedding (B, T) for a UNet block, `None` for a VAE block.
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        let mut h = self
+            .conv1
+            .forward(&candle_nn::ops::silu(&self.norm1.forward(x)?)?)?;
+        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+            let t = proj.forward(&candle_nn::ops::silu(temb)?)?;
+            h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
+        }
+        let h = self
+            .conv2
+            .forward(&candle_nn::ops::silu(&self.norm2.forward(&h)?)?)?;
+        let skip = match &self.shortcut {
+            Some(s) => s.forward(x)?,
+            None => x.clone(),
+        };
+        let out = (skip + h)?;
+        if self.output_scale == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The runtime: which device tensors live on and which dtype each component computes in.
+//! Every rule about precision lives here (and in [`Precision::cpu_conv`], which planning
+//! shares), so the networks, the engine and the render never decide it themselves.
+
+use candle_core::{DType, Device, Result, Tensor};
+use tessera_core::choices::Precision;
+
+/// Where host data lives: noise is drawn here (portable seeds) and pictures are read here, then
+/// moved to the runtime's device once.
+pub fn host() -> Device {
+    Device::Cpu
+}
+
+/// The candle dtype of a precision.
+pub fn dtype(p: Precision) -> DType {
+    match p {
+        Precision::F32 => DType::F32,
+        Precision::F16 => DType::F16,
+        Precision::BF16 => DType::BF16,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub device: Device,
+    /// The precision the user asked for.
+    pub precision: Precision,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self {
+            device: host(),
+            precision: Precision::F32,
+        }
+    }
+}
+
+impl Runtime {
+    pub fn new(device: Device, precision: Precision) -> Self {
+        Self { device, precision }
+    }
+
+    /// The same device at another precision.
+    pub fn with_precision(&self, precision: Precision) -> Self {
+        Self {
+            device: self.device.clone(),
+            precision,
+        }
+    }
+
+    /// The text encoder's dtype: the one asked for (it has no convolutions).
+    pub fn text_dtype(&self) -> DType {
+        dtype(self.precision)
+    }
+
+    /// The dtype of the convolutional networks (UNet, VAE).
+    pub fn conv_dtype(&self) -> DType {
+        match self.device.is_cpu() {
+            true => dtype(self.precision.cpu_conv()),
+            false => dtype(self.precision),
+        }
+    }
+
+    /// A line for the user when the convolutional networks cannot run at the precision asked.
+    pub fn conv_note(&self) -> Option<String> {
+        (self.conv_dtype() != dtype(self.precision)).then(|| {
+            format!(
+                "note: {} convolutions are not available on the CPU; the UNet and VAE run in {}",
+                self.precision.name(),
+                self.precision.cpu_conv().name()
+            )
+        })
+    }
+
+    /// The VAE's dtype: f32 for VAEs marked `force_upcast` (SD 1.x/2.x), as diffusers does.
+    pub fn vae_dtype(&self, force_upcast: bool) -> DType {
+        match force_upcast {
+            true => DType::F32,
+            false => self.conv_dtype(),
+        }
+    }
+
+    /// A host tensor on the runtime's device (a no-op on the CPU).
+    pub fn to_device(&self, t: &Tensor) -> Result<Tensor> {
+        t.to_device(&self.device)
+    }
+}

@@ -1,0 +1,129 @@
+//! The VAE described once: the encoder and the decoder are each a flat program of [`Op`]s, run
+//! by two executors, [`run`] here for a whole image and `tiled` for an image of any size at
+//! the memory of one tile.
+
+use crate::layers::{attend, Conv2d, GroupNorm, ResnetBlock};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{linear, Linear, VarBuilder};
+
+/// How a convolution maps input pixels to output pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampling {
+    /// 3x3, stride 1, zero padding 1.
+    Same,
+    /// 1x1.
+    Point,
+    /// Nearest 2x upsampling, then `Same`.
+    Up2,
+    /// Pad right and bottom by 1, then 3x3 stride 2 (diffusers' VAE downsampler).
+    Down2,
+}
+
+/// One step of a VAE program.
+pub enum Op {
+    /// A convolution, after GroupNorm and SiLU when `pre` is given.
+    Conv {
+        pre: Option<GroupNorm>,
+        conv: Conv2d,
+        sampling: Sampling,
+    },
+    Resnet(ResnetBlock),
+    Attention(AttentionBlock),
+}
+
+/// The mid block's single-head self-attention over all pixels, with its residual.
+pub struct AttentionBlock {
+    pub norm: GroupNorm,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub out: Linear,
+}
+
+/// Bytes of attention scores alive at once in a whole-image VAE pass.
+const ATTENTION_BUDGET: usize = 64 << 20;
+
+impl AttentionBlock {
+    pub fn new(vb: VarBuilder, c: usize, groups: usize) -> Result<Self> {
+        // Checkpoints saved by older diffusers name the projections query/key/value/proj_attn.
+        let old = vb.contains_tensor("query.weight");
+        let name = |new: &'static str, legacy: &'static str| if old { legacy } else { new };
+        Ok(Self {
+            norm: GroupNorm::new(vb.pp("group_norm"), c, groups, 1e-6)?,
+            q: linear(c, c, vb.pp(name("to_q", "query")))?,
+            k: linear(c, c, vb.pp(name("to_k", "key")))?,
+            v: linear(c, c, vb.pp(name("to_v", "value")))?,
+            out: linear(c, c, vb.pp(name("to_out.0", "proj_attn")))?,
+        })
+    }
+
+    /// The scale applied to queries: one head of `c` channels.
+    pub fn scale(&self) -> Result<f64> {
+        Ok((self.q.weight().dim(0)? as f64).powf(-0.5))
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let n = h * w;
+        let tokens = self
+            .norm
+            .forward(x)?
+            .reshape((b, c, n))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let heads = |t: Tensor| t.unsqueeze(1);
+        let q = heads(self.q.forward(&tokens)?)?;
+        let k = heads(self.k.forward(&tokens)?)?;
+        let v = heads(self.v.forward(&tokens)?)?;
+        let y = attend(&q, &k, &v, self.scale()?, ATTENTION_BUDGET)?.squeeze(1)?;
+        let y = self
+            .out
+            .forward(&y)?
+            .transpose(1, 2)?
+            .reshape((b, c, h, w))?;
+        x + y
+    }
+}
+
+impl Op {
+    pub fn conv(conv: Conv2d, sampling: Sampling) -> Self {
+        Op::Conv {
+            pre: None,
+            conv,
+            sampling,
+        }
+    }
+
+    /// Run on a whole image.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Op::Conv {
+                pre,
+                conv,
+                sampling,
+            } => {
+                let x = match pre {
+                    Some(norm) => candle_nn::ops::silu(&norm.forward(x)?)?,
+                    None => x.clone(),
+                };
+                match sampling {
+                    Sampling::Same | Sampling::Point => conv.forward(&x),
+                    Sampling::Up2 => {
+                        let (_, _, h, w) = x.dims4()?;
+                        conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
+                    }
+                    Sampling::Down2 => {
+                        conv.forward_unpadded(&x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?)
+                    }
+                }
+            }
+            Op::Resnet(r) => r.forward(x, None),
+            Op::Attention(a) => a.forward(x),
+        }
+    }
+}
+
+/// The whole-image executor: every op in turn.
+pub fn run(ops: &[Op], x: &Tensor) -> Result<Tensor> {
+    ops.iter().try_fold(x.clone(), |x, op| op.forward(&x))
+}

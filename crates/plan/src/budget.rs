@@ -1,0 +1,350 @@
+//! Memory: the peak RSS each phase of a render will reach, estimated from the plan and the
+//! weight headers, and the settings that fit a `--max-memory` budget.
+//!
+//! The estimate is a sum of what each phase holds at its peak: a fixed base (binary, tokenizer,
+//! runtime), the weights alive at that moment, and activation terms proportional to what sets
+//! them (tokens x channels of a UNet window, pixels x channels of a VAE tile). The activation
+//! constants were fitted to measured phase peaks of full-size SD 1.5 and checked on the tiny
+//! model (BENCHMARKS.md, "Memory"); when the code's memory behaviour changes, re-measure them.
+
+use crate::plan::Plan;
+use crate::spec::Settings;
+use tessera_core::choices::Precision;
+use tessera_core::units::mib;
+use tessera_core::{Error, Result};
+
+const MIB: u64 = 1 << 20;
+/// Process base: binary, tokenizer, allocator and runtime state.
+const BASE: u64 = 48 * MIB;
+/// UNet activations at window resolution, in units of batch x tokens x channels[0] x 4 bytes
+/// (skip connections, residual streams and the transformer's token tensors).
+const UNET_TOP_UNITS: f64 = 22.0;
+/// A streamed layer's weights are read once and then copied once more by the convolution
+/// kernels (candle reshapes the kernel), plus the im2col of deep, narrow layers.
+const STREAMED_LAYER_COPIES: f64 = 2.2;
+/// VAE activations per tile, in units of tile pixels x channels x 4 bytes, where channels are
+/// those entering the decoder's full-resolution stage (`block_out_channels[1]`): that stage's
+/// upsampling convolution is the largest.
+const VAE_TILE_UNITS: f64 = 4.6;
+/// Headroom kept free under a budget for what the estimate cannot see (page cache, jitter).
+const HEADROOM: f64 = 0.9;
+
+/// Sizes the estimate needs, from configs and weight headers (no weights are loaded).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MemoryFacts {
+    pub text_encoder_params: u64,
+    pub unet_params: u64,
+    /// Parameters of the largest single UNet layer (what a streamed UNet holds at once).
+    pub unet_largest_layer_params: u64,
+    pub unet_channels: usize,
+    pub unet_heads: usize,
+    pub vae_encoder_params: u64,
+    pub vae_decoder_params: u64,
+    /// Channels entering the VAE decoder's full-resolution stage.
+    pub vae_channels: usize,
+}
+
+/// What planning needs to know of a model, read from configs and weight headers (no weights).
+#[derive(Debug, Clone)]
+pub struct ModelFacts {
+    /// The model's native picture size `(width, height)` in pixels.
+    pub native_size: (usize, usize),
+    pub memory: MemoryFacts,
+}
+
+impl ModelFacts {
+    /// Facts for planning geometry only (the memory estimate is then meaningless).
+    pub fn geometry_only(native_size: (usize, usize)) -> Self {
+        Self {
+            native_size,
+            memory: MemoryFacts::default(),
+        }
+    }
+}
+
+/// Estimated peak RSS of each phase, in bytes.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Estimate {
+    pub encode_prompts: u64,
+    pub guide_pass: u64,
+    pub canvas_denoise: u64,
+    pub decode: u64,
+}
+
+impl Estimate {
+    pub fn peak(&self) -> u64 {
+        self.encode_prompts
+            .max(self.guide_pass)
+            .max(self.canvas_denoise)
+            .max(self.decode)
+    }
+
+    /// `(phase, bytes)` in render order, named as the render's phase report names them.
+    pub fn phases(&self) -> [(&'static str, u64); 4] {
+        [
+            ("encode prompts", self.encode_prompts),
+            ("guide pass", self.guide_pass),
+            ("canvas denoise", self.canvas_denoise),
+            ("decode", self.decode),
+        ]
+    }
+}
+
+impl std::fmt::Display for Estimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "estimated peak RSS per phase:")?;
+        for (phase, bytes) in self.phases() {
+            if bytes > 0 {
+                writeln!(f, "  {phase:<16} {:>8.0} MiB", bytes as f64 / MIB as f64)?;
+            }
+        }
+        writeln!(
+            f,
+            "estimated peak:    {:.0} MiB",
+            self.peak() as f64 / MIB as f64
+        )
+    }
+}
+
+/// The per-phase estimate of a planned render with these settings.
+pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
+    let unet_bytes = conv_dtype_bytes(s);
+    let cfg = plan.prompts.iter().any(|p| p.guidance > 1.0);
+    let unet = |window: (usize, usize)| unet_peak(m, s, unet_bytes, window, cfg);
+    let vae_tile = |w: usize, h: usize| s.tiles.vae.unwrap_or(w.max(h)).min(w.max(h)) as u64;
+    let tile_act =
+        |side: u64| (VAE_TILE_UNITS * (side * side * m.vae_channels as u64 * 4) as f64) as u64;
+    let image = |w: usize, h: usize| (w * h * 3 * 4) as u64;
+    let canvas_latents = (plan.width / 8 * plan.height / 8 * 4 * 4) as u64 * 8;
+
+    let encode_prompts = BASE
+        + m.text_encoder_params * s.precision.size() as u64
+        + plan.prompts.len() as u64 * 2 * 77 * 1024 * 4;
+    // The decoded picture is held once (f32); the encoder holds the upscaled guide and its
+    // copy in the scratch store's write buffer.
+    let decode_at =
+        |w: usize, h: usize| m.vae_decoder_params * 4 + tile_act(vae_tile(w, h)) + image(w, h);
+    let encode_at =
+        |w: usize, h: usize| m.vae_encoder_params * 4 + tile_act(vae_tile(w, h)) + 2 * image(w, h);
+    // A decoder that decoded the guide and stays for the final decode.
+    let kept_decoder = match &plan.guide {
+        Some(g) if g.image.is_none() && s.keep_decoder => m.vae_decoder_params * 4,
+        _ => 0,
+    };
+    let guide_pass = plan.guide.as_ref().map_or(0, |g| {
+        let render = match g.image {
+            Some(_) => 0,
+            None => unet((g.width, g.height)).max(decode_at(g.width, g.height)),
+        };
+        BASE + canvas_latents + render.max(kept_decoder + encode_at(plan.width, plan.height))
+    });
+    // Image regions are encoded at the start of the canvas pass, before any UNet work.
+    let regions = plan
+        .image_regions
+        .iter()
+        .map(|r| encode_at(r.rect.w * 8, r.rect.h * 8))
+        .max()
+        .unwrap_or(0);
+    Estimate {
+        encode_prompts,
+        guide_pass,
+        canvas_denoise: BASE + canvas_latents + kept_decoder + unet(plan.window).max(regions),
+        decode: BASE + canvas_latents + decode_at(plan.width, plan.height),
+    }
+}
+
+fn conv_dtype_bytes(s: &Settings) -> u64 {
+    s.precision.cpu_conv().size() as u64
+}
+
+/// The UNet's own peak on one window: weights held, plus the larger of the window-resolution
+/// activations and (when streaming) the largest layer in flight.
+fn unet_peak(m: &MemoryFacts, s: &Settings, bytes: u64, window: (usize, usize), cfg: bool) -> u64 {
+    let batch = if cfg { 2 } else { 1 };
+    let tokens = (window.0 / 8 * window.1 / 8) as u64;
+    let unit = batch * tokens * m.unet_channels as u64 * 4;
+    let scores = batch * m.unet_heads as u64 * tokens * tokens * 4;
+    // Scores and their softmax are alive together, each within the attention budget.
+    let attention = 2 * scores.min(s.attention_budget as u64);
+    let top = (UNET_TOP_UNITS * unit as f64) as u64 + attention;
+    let layer = m.unet_largest_layer_params * bytes;
+    if s.stream_weights {
+        top.max((STREAMED_LAYER_COPIES * layer as f64) as u64)
+    } else {
+        m.unet_params * bytes + top.max(layer)
+    }
+}
+
+/// Settings fitted to a budget, with their plan, its estimate and what fitting changed.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    pub settings: Settings,
+    pub plan: Plan,
+    pub estimate: Estimate,
+    /// What fitting changed, in words (empty without a budget or when it fit as given).
+    pub chosen: Vec<String>,
+}
+
+fn planned(s: &Settings, facts: &ModelFacts) -> Result<(Plan, Estimate)> {
+    let plan = Plan::new(s, facts.native_size)?;
+    let estimate = estimate(&plan, &facts.memory, s);
+    Ok((plan, estimate))
+}
+
+/// Fit `s` to its `max_memory`: relax, in order of cost to speed and quality, the attention
+/// chunk, weight streaming, the VAE tile, the window size (unless the spec fixes it) and the
+/// precision, until the estimate fits with headroom. An impossible budget is an error that
+/// names the smallest estimate found. Without a budget the settings are planned as they are.
+pub fn fit(s: &Settings, facts: &ModelFacts) -> Result<Fitted> {
+    let original = s;
+    let mut s = s.clone();
+    let (mut plan, mut est) = planned(&s, facts)?;
+    let Some(budget) = s.max_memory else {
+        return Ok(Fitted {
+            settings: s,
+            plan,
+            estimate: est,
+            chosen: Vec::new(),
+        });
+    };
+    let limit = (budget as f64 * HEADROOM) as u64;
+    // Under a budget the decoder is read again for the final decode (a fraction of a second)
+    // rather than held through the canvas pass, so the choice does not depend on canvas size.
+    let guide_rendered = plan.guide.as_ref().is_some_and(|g| g.image.is_none());
+    if s.keep_decoder && guide_rendered {
+        s.keep_decoder = false;
+        (plan, est) = planned(&s, facts)?;
+    }
+    let window_fixed = s.tiles.size.is_some();
+    let native = facts.native_size;
+    type Step = Box<dyn Fn(&mut Settings) -> bool>;
+    let steps: Vec<Step> = vec![
+        Box::new(|s| shrink_attention(s, 64)),
+        Box::new(|s| shrink_attention(s, 16)),
+        Box::new(|s| !std::mem::replace(&mut s.stream_weights, true)),
+        Box::new(|s| shrink_vae_tile(s, 256)),
+        Box::new(|s| shrink_vae_tile(s, 128)),
+        Box::new(move |s| !window_fixed && shrink_window(s, native, (3, 4))),
+        Box::new(move |s| !window_fixed && shrink_window(s, native, (1, 2))),
+        Box::new(|s| {
+            s.precision == Precision::F32 && {
+                s.precision = Precision::F16;
+                true
+            }
+        }),
+    ];
+    for step in &steps {
+        if est.peak() <= limit {
+            break;
+        }
+        if step(&mut s) {
+            (plan, est) = planned(&s, facts)?;
+        }
+    }
+    if est.peak() > limit {
+        return Err(Error::input(
+            &s.origin,
+            Some("canvas.max_memory"),
+            format!(
+                "a budget of {} cannot be met: the leanest settings ({}) are estimated at {} \
+                 (and {:.0}% of the budget is kept free)",
+                mib(budget),
+                changes(original, &s).join(", "),
+                mib(est.peak()),
+                (1.0 - HEADROOM) * 100.0
+            ),
+            format!(
+                "raise --max-memory to at least {:.0}M, or use a smaller model",
+                (est.peak() as f64 / HEADROOM / MIB as f64).ceil()
+            ),
+        ));
+    }
+    // A later step (streaming) may have made an earlier one (small attention chunks, which
+    // cost time) unnecessary: give back what still fits.
+    for wider_mib in [64, original.attention_budget >> 20] {
+        if s.attention_budget < wider_mib << 20 && wider_mib << 20 <= original.attention_budget {
+            let mut wider = s.clone();
+            wider.attention_budget = wider_mib << 20;
+            let (wider_plan, wider_est) = planned(&wider, facts)?;
+            if wider_est.peak() <= limit {
+                (s, plan, est) = (wider, wider_plan, wider_est);
+            }
+        }
+    }
+    let chosen = changes(original, &s);
+    Ok(Fitted {
+        settings: s,
+        plan,
+        estimate: est,
+        chosen,
+    })
+}
+
+/// What a budget chose, in words, for `render` and `plan` alike.
+pub fn describe_choices(chosen: &[String]) -> String {
+    match chosen {
+        [] => "the settings fit as given".to_string(),
+        _ => format!("chose {}", chosen.join(", ")),
+    }
+}
+
+/// What fitting changed, in words.
+fn changes(from: &Settings, to: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    if to.attention_budget != from.attention_budget {
+        out.push(format!(
+            "attention chunks of {} MiB",
+            to.attention_budget >> 20
+        ));
+    }
+    if to.keep_decoder != from.keep_decoder {
+        out.push("VAE decoder read again for the final decode".into());
+    }
+    if to.stream_weights != from.stream_weights {
+        out.push("UNet weights streamed from disk layer by layer".into());
+    }
+    if to.tiles.vae != from.tiles.vae {
+        out.push(format!("VAE tiles of {} px", to.tiles.vae.unwrap_or(0)));
+    }
+    if let (Some((w, h)), None) = (to.tiles.size, from.tiles.size) {
+        out.push(format!("windows of {w}x{h} px"));
+    }
+    if to.precision != from.precision {
+        out.push(format!("{} weights", to.precision.name()));
+    }
+    out
+}
+
+fn shrink_attention(s: &mut Settings, mib: usize) -> bool {
+    let bytes = mib << 20;
+    (s.attention_budget > bytes) && {
+        s.attention_budget = bytes;
+        true
+    }
+}
+
+fn shrink_vae_tile(s: &mut Settings, px: usize) -> bool {
+    (s.tiles.vae.is_none_or(|t| t > px)) && {
+        s.tiles.vae = Some(px);
+        true
+    }
+}
+
+/// Windows of `fraction` (numerator, denominator) of the native size on each side, in
+/// multiples of 64 px, if smaller than the window planned now.
+fn shrink_window(s: &mut Settings, native: (usize, usize), fraction: (usize, usize)) -> bool {
+    let side = |n: usize| (n * fraction.0 / fraction.1 / 64).max(1) * 64;
+    let (pw, ph) = (side(native.0), side(native.1));
+    let (w, h) = s.tiles.size.unwrap_or(native);
+    let (w, h) = (
+        w.min(s.width.unwrap_or(native.0)),
+        h.min(s.height.unwrap_or(native.1)),
+    );
+    if pw >= w && ph >= h {
+        return false;
+    }
+    let (pw, ph) = (pw.min(w), ph.min(h));
+    s.tiles.size = Some((pw, ph));
+    s.tiles.overlap = s.tiles.overlap.map(|o| o.min(pw.min(ph) / 4));
+    true
+}

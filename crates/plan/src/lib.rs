@@ -1,0 +1,15 @@
+//! tessera's planning: what a canvas spec asks for and what it will cost, without a tensor.
+//!
+//! - [`spec`]: the TOML format, command-line overrides, and the validated `Settings`.
+//! - [`validate`]: the validators, one of each.
+//! - [`plan`]: the window grid, the conditionings, image regions and the guide pass.
+//! - [`budget`]: the per-phase memory estimate and the settings that fit `--max-memory`.
+
+pub mod budget;
+pub mod plan;
+pub mod spec;
+pub mod validate;
+
+pub use budget::ModelFacts;
+pub use plan::Plan;
+pub use spec::Settings;

@@ -1,0 +1,254 @@
+//! The spec's types: the TOML file as written, the command line's overrides, and the
+//! validated settings.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tessera_core::choices::{Precision, SchedulerKind};
+use tessera_core::geometry::{Mask, Rect};
+use tessera_core::{Error, Result};
+
+/// The TOML file as written. Unknown keys are errors so typos never pass silently.
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecFile {
+    /// Path of a diffusers model folder, relative to the spec file.
+    pub model: Option<String>,
+    #[serde(default)]
+    pub canvas: CanvasTable,
+    pub prompt: Option<PromptTable>,
+    pub tiles: Option<TilesTable>,
+    #[serde(default, rename = "region")]
+    pub regions: Vec<RegionTable>,
+    pub guide: Option<GuideTable>,
+    pub output: Option<OutputTable>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanvasTable {
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub seed: Option<u64>,
+    pub steps: Option<usize>,
+    pub scheduler: Option<String>,
+    pub dtype: Option<String>,
+    /// Stream UNet weights stage by stage from disk (low-RAM runs).
+    pub stream_weights: Option<bool>,
+    /// MiB of attention scores (and feed-forward state) alive at once.
+    pub attention_mib: Option<usize>,
+    /// A memory budget such as "800M" or "2G": tessera picks settings that fit it.
+    pub max_memory: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptTable {
+    pub text: String,
+    pub negative: Option<String>,
+    pub guidance: Option<f64>,
+}
+
+/// A side given once (square) or as `[w, h]`.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum Size {
+    Square(usize),
+    WidthHeight([usize; 2]),
+}
+
+impl Size {
+    pub fn wh(self) -> (usize, usize) {
+        match self {
+            Size::Square(s) => (s, s),
+            Size::WidthHeight([w, h]) => (w, h),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TilesTable {
+    pub size: Option<Size>,
+    pub overlap: Option<usize>,
+    pub mask: Option<Mask>,
+    /// VAE tile side in pixels; 0 decodes in one piece.
+    pub vae: Option<usize>,
+}
+
+/// A `[[region]]`: a text region (`prompt`) or an image region (`image`).
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionTable {
+    /// `[x, y, w, h]` in pixels.
+    pub rect: Option<[usize; 4]>,
+    pub prompt: Option<String>,
+    pub negative: Option<String>,
+    pub guidance: Option<f64>,
+    pub mask: Option<Mask>,
+    pub weight: Option<f64>,
+    pub seed: Option<u64>,
+    pub image: Option<String>,
+    pub strength: Option<f64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuideTable {
+    pub enabled: Option<bool>,
+    pub size: Option<Size>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+    pub image: Option<String>,
+    pub strength: Option<f64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputTable {
+    pub path: Option<String>,
+}
+
+/// Command-line values that override the spec (all optional).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub model: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+    pub prompt: Option<String>,
+    pub negative: Option<String>,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+    pub scheduler: Option<String>,
+    pub seed: Option<u64>,
+    pub dtype: Option<String>,
+    pub init_noise: Option<PathBuf>,
+    pub save_latents: Option<PathBuf>,
+    pub vae_tile: Option<usize>,
+    pub stream_weights: bool,
+    pub attention_mib: Option<usize>,
+    pub max_memory: Option<String>,
+}
+
+/// A prompt with its negative and guidance scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextPrompt {
+    pub text: String,
+    pub negative: String,
+    pub guidance: f64,
+}
+
+#[derive(Debug, Clone)]
+pub enum RegionKind {
+    Text {
+        prompt: TextPrompt,
+        mask: Mask,
+        weight: f64,
+        seed: Option<u64>,
+    },
+    Image {
+        image: PathBuf,
+        strength: f64,
+    },
+}
+
+/// A region with its rectangle in pixels; `index` is its position among the spec's regions.
+#[derive(Debug, Clone)]
+pub struct Region {
+    pub index: usize,
+    pub rect: Rect,
+    pub kind: RegionKind,
+}
+
+#[derive(Debug, Clone)]
+pub struct TileSettings {
+    /// Window size in pixels `(w, h)`; `None`: the model's native size.
+    pub size: Option<(usize, usize)>,
+    /// Overlap in pixels; `None`: a quarter of the window.
+    pub overlap: Option<usize>,
+    pub mask: Mask,
+    /// VAE tile side in pixels; `None`: the VAE runs in one piece.
+    pub vae: Option<usize>,
+}
+
+/// Default VAE tile side: small enough that a full-size SD VAE tile stays a few hundred MB.
+pub const DEFAULT_VAE_TILE: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct GuideSettings {
+    /// Guide size in pixels `(w, h)`; `None`: the model's native size at the canvas aspect ratio.
+    pub size: Option<(usize, usize)>,
+    pub steps: usize,
+    pub guidance: f64,
+    /// A picture to use as the guide instead of rendering one.
+    pub image: Option<PathBuf>,
+    /// Fraction of the schedule re-run on the upscaled guide.
+    pub strength: f64,
+}
+
+/// Everything a render needs, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The spec file (or `<command line>`), named in errors found later.
+    pub origin: PathBuf,
+    /// The model folder; `None`: the bundled default model.
+    pub model: Option<PathBuf>,
+    /// `None`: the model's native size.
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub seed: u64,
+    pub steps: usize,
+    /// `None`: the scheduler named by the model folder's `scheduler_config.json`.
+    pub scheduler: Option<SchedulerKind>,
+    pub precision: Precision,
+    /// Load each UNet stage from disk right before it runs (output is bit-identical).
+    pub stream_weights: bool,
+    /// Bytes of attention scores (and feed-forward state) alive at once.
+    pub attention_budget: usize,
+    /// The memory budget in bytes, if any (settings are then fitted to it, see `budget`).
+    pub max_memory: Option<u64>,
+    /// Keep the VAE decoder loaded from the guide decode to the final decode (true unless a
+    /// memory budget needs its weights free during the canvas pass).
+    pub keep_decoder: bool,
+    /// The global prompt; `None` when a spec has regions and no `[prompt]`.
+    pub background: Option<TextPrompt>,
+    pub regions: Vec<Region>,
+    pub tiles: TileSettings,
+    pub guide: Option<GuideSettings>,
+    pub output: PathBuf,
+    pub init_noise: Option<PathBuf>,
+    pub save_latents: Option<PathBuf>,
+}
+
+pub const DEFAULT_STEPS: usize = 30;
+pub const DEFAULT_GUIDANCE: f64 = 7.5;
+
+impl SpecFile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::input(
+                path,
+                None,
+                format!("cannot read the spec: {e}"),
+                "check the path of the canvas spec",
+            )
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().to_string();
+            let field = e.span().map(|span| {
+                let line = text[..span.start].matches('\n').count() + 1;
+                format!("line {line}: {}", text[span].trim())
+            });
+            let fix = if message.contains("unknown field") {
+                "remove or correct the key; the spec format is in README.md"
+            } else {
+                "correct the value; the spec format is in README.md"
+            };
+            Error::input(path, field.as_deref(), message, fix)
+        })
+    }
+}

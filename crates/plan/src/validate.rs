@@ -1,0 +1,67 @@
+//! The validators, one of each, shared by the spec, the planner and the command line: every
+//! rejection names the field and says the fix.
+
+use tessera_core::{Error, Result};
+
+/// Builds the error for a field: `bad(field, message, fix)` (it knows the file).
+pub type Bad<'a> = dyn Fn(&str, String, &str) -> Error + 'a;
+
+/// A pixel size the latent grid can hold: a positive multiple of 8 (or 0 where allowed).
+pub fn multiple_of_8(bad: &Bad, field: &str, v: usize, allow_zero: bool) -> Result<()> {
+    if !v.is_multiple_of(8) || (v == 0 && !allow_zero) {
+        let below = (v / 8 * 8).max(8);
+        let fix = format!("use a multiple of 8, e.g. {below} or {}", below + 8);
+        return Err(bad(
+            field,
+            format!("{v} is not a positive multiple of 8"),
+            &fix,
+        ));
+    }
+    Ok(())
+}
+
+/// A number of denoising steps: 1 to 1000.
+pub fn steps(bad: &Bad, field: &str, steps: usize) -> Result<usize> {
+    if steps == 0 || steps > 1000 {
+        return Err(bad(field, format!("{steps} steps"), "use 1 to 1000 steps"));
+    }
+    Ok(steps)
+}
+
+/// A guidance scale: finite, not negative.
+pub fn guidance(bad: &Bad, field: &str, g: f64) -> Result<f64> {
+    if !g.is_finite() || g < 0.0 {
+        return Err(bad(
+            field,
+            format!("{g}"),
+            "use a number >= 0 (7.5 is usual)",
+        ));
+    }
+    Ok(g)
+}
+
+/// A share of the schedule, 0 to 1.
+pub fn strength(bad: &Bad, field: &str, s: f64) -> Result<f64> {
+    if !(0.0..=1.0).contains(&s) {
+        return Err(bad(field, format!("{s}"), "use a strength between 0 and 1"));
+    }
+    Ok(s)
+}
+
+/// Window overlap in pixels: smaller than the window `(w, h)`.
+pub fn overlap(bad: &Bad, field: &str, overlap: usize, (w, h): (usize, usize)) -> Result<()> {
+    if overlap >= w.min(h) {
+        return Err(bad(
+            field,
+            format!("{overlap} px is not smaller than the {w}x{h} window"),
+            "use an overlap of about a quarter of the window size",
+        ));
+    }
+    Ok(())
+}
+
+/// A pixel size given as a command-line flag (`--tile 256`).
+pub fn flag_px(flag: &str, v: usize, allow_zero: bool) -> Result<()> {
+    let bad = |_: &str, message: String, fix: &str| Error::input(flag, None, message, fix);
+    multiple_of_8(&bad, flag, v, allow_zero)
+}

@@ -1,0 +1,113 @@
+//! `tessera bench`: speed and memory figures of one component, for BENCHMARKS.md. Timings are
+//! wall-clock seconds after one warm-up run; compare them as ratios in one run.
+
+use crate::report::{mib, peak_rss_bytes, rss_bytes};
+use candle_core::{DType, Tensor};
+use std::time::Instant;
+use tessera_core::{Quiet, Result};
+use tessera_diffusion::autoencoder::Autoencoder;
+use tessera_diffusion::noise::{NoiseSource, SeededNoise};
+use tessera_models::ModelDir;
+use tessera_nn::Runtime;
+
+/// Timings of one benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub what: String,
+    /// Seconds per run.
+    pub times: Vec<f64>,
+    pub peak_rss_bytes: u64,
+    /// Lines about the setup (what was loaded, its memory).
+    pub notes: Vec<String>,
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for n in &self.notes {
+            writeln!(f, "{n}")?;
+        }
+        let mean = self.times.iter().sum::<f64>() / self.times.len() as f64;
+        let min = self.times.iter().cloned().fold(f64::INFINITY, f64::min);
+        writeln!(
+            f,
+            "{}: mean {mean:.3} s, min {min:.3} s over {} runs; peak RSS {}",
+            self.what,
+            self.times.len(),
+            mib(self.peak_rss_bytes)
+        )
+    }
+}
+
+/// Time `f` `repeat` times, after one warm-up when `repeat > 1`; returns seconds per run.
+fn time_runs(repeat: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    if repeat > 1 {
+        f()?;
+    }
+    (0..repeat)
+        .map(|_| {
+            let t = Instant::now();
+            f()?;
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
+/// One UNet forward on a (batch, 4, latent, latent) input with random text embeddings.
+pub fn unet(
+    dir: &ModelDir,
+    rt: &Runtime,
+    batch: usize,
+    latent: usize,
+    repeat: usize,
+) -> Result<BenchReport> {
+    let cfg = dir.unet_config()?;
+    let dtype = rt.conv_dtype();
+    let unet = dir.load_unet(rt, dtype)?;
+    let mut rng = SeededNoise::new(0);
+    let x = rt.to_device(
+        &rng.noise(&(batch, 4, latent, latent).into())?
+            .to_dtype(dtype)?,
+    )?;
+    let emb = rng
+        .noise(&(batch, 77, cfg.cross_attention_dim).into())?
+        .to_dtype(dtype)?;
+    let emb = rt.to_device(&emb)?;
+    let notes = vec![format!("loaded UNet ({dtype:?}); RSS {}", mib(rss_bytes()))];
+    let times = time_runs(repeat, || {
+        unet.forward(&x, 500.0, &emb)?;
+        Ok(())
+    })?;
+    Ok(BenchReport {
+        what: format!("UNet forward ({batch},4,{latent},{latent}) {dtype:?}"),
+        times,
+        peak_rss_bytes: peak_rss_bytes(),
+        notes,
+    })
+}
+
+/// VAE decodes of a random (1, 4, latent, latent) latent, as a render decodes (tiled when the
+/// image is larger than `tile` pixels; the decoder is loaded each run).
+pub fn vae_decode(
+    dir: &ModelDir,
+    rt: &Runtime,
+    latent: usize,
+    tile: Option<usize>,
+    repeat: usize,
+) -> Result<BenchReport> {
+    let z: Tensor = (SeededNoise::new(0).noise(&(1, 4, latent, latent).into())? * 0.18215)?;
+    let times = time_runs(repeat, || {
+        Autoencoder::new(dir, rt, tile).decode(&z, &Quiet)?;
+        Ok(())
+    })?;
+    let how = tile.map_or("untiled".to_string(), |t| format!("{t} px tiles"));
+    let dtype: DType = rt.vae_dtype(dir.vae_config()?.force_upcast);
+    Ok(BenchReport {
+        what: format!(
+            "VAE decode (1,4,{latent},{latent}) -> {0}x{0} px, {how}, {dtype:?}",
+            latent * 8
+        ),
+        times,
+        peak_rss_bytes: peak_rss_bytes(),
+        notes: Vec::new(),
+    })
+}

@@ -1,0 +1,124 @@
+//! What a render measures of itself: process memory as the kernel sees it (Linux
+//! `/proc/self/status`: resident set now and its peak, reset between phases to measure each
+//! phase's own peak) and each phase's time, beside the plan's estimate.
+
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Peak resident set size (VmHWM) in bytes, 0 where unavailable.
+pub fn peak_rss_bytes() -> u64 {
+    status_kib("VmHWM:").unwrap_or(0) * 1024
+}
+
+/// Current resident set size (VmRSS) in bytes, 0 where unavailable.
+pub fn rss_bytes() -> u64 {
+    status_kib("VmRSS:").unwrap_or(0) * 1024
+}
+
+/// Reset the peak to the current RSS (writes 5 to `/proc/self/clear_refs`); false if refused.
+pub fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Make the allocator hand large freed blocks back to the kernel at once. glibc serves blocks
+/// below its (self-raising, up to 32 MiB) mmap threshold from the heap and keeps them after
+/// they are freed, so a streamed UNet's layer-sized weights and activations would pile up in
+/// RSS. A fixed 1 MiB threshold maps every tensor of note separately and unmaps it on free.
+/// Used in low-memory runs only: fresh mappings cost page faults.
+pub fn release_freed_memory_promptly() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; glibc documents it as thread-safe.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+pub use tessera_core::units::mib;
+
+/// Peak RSS and wall time of each phase of a render.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PhaseReport {
+    pub phases: Vec<Phase>,
+    /// The plan's estimate of each phase's peak, shown beside the measured one.
+    pub estimate: Option<tessera_plan::budget::Estimate>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub seconds: f64,
+    pub peak_rss_bytes: u64,
+}
+
+impl PhaseReport {
+    /// An empty report that will show `estimate` beside each measured phase.
+    pub fn new(estimate: tessera_plan::budget::Estimate) -> Self {
+        Self {
+            phases: Vec::new(),
+            estimate: Some(estimate),
+        }
+    }
+
+    /// Run `f` as phase `name`: the peak is reset first, so it is this phase's own.
+    pub fn run<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce() -> tessera_core::Result<T>,
+    ) -> tessera_core::Result<T> {
+        reset_peak();
+        let start = std::time::Instant::now();
+        let out = f()?;
+        self.phases.push(Phase {
+            name: name.to_string(),
+            seconds: start.elapsed().as_secs_f64(),
+            peak_rss_bytes: peak_rss_bytes(),
+        });
+        Ok(out)
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.phases
+            .iter()
+            .map(|p| p.peak_rss_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for PhaseReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<16} {:>9} {:>12} {:>12} {:>9}",
+            "phase", "time", "peak RSS", "estimate", "measured/estimate"
+        )?;
+        for p in &self.phases {
+            let estimate = self.estimate.as_ref().and_then(|e| {
+                e.phases()
+                    .into_iter()
+                    .find(|(name, _)| *name == p.name)
+                    .map(|(_, bytes)| bytes)
+            });
+            let (est, ratio) = match estimate {
+                Some(e) if e > 0 => (mib(e), format!("{:.2}", p.peak_rss_bytes as f64 / e as f64)),
+                _ => ("-".into(), "-".into()),
+            };
+            writeln!(
+                f,
+                "{:<16} {:>8.1}s {:>12} {:>12} {:>9}",
+                p.name,
+                p.seconds,
+                mib(p.peak_rss_bytes),
+                est,
+                ratio
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,49 @@
+//! `tessera model info` and `tessera model synth`.
+
+use clap::Subcommand;
+use std::path::PathBuf;
+use tessera::models::{info, synth, ModelDir};
+use tessera::Result;
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Family, native size, parameter counts and dtypes of a diffusers model folder.
+    Info {
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a model with random weights in the diffusers layout (for tests and benchmarks).
+    Synth {
+        /// tiny | sd15 | sd21
+        #[arg(long)]
+        arch: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// f32 | f16
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+}
+
+pub fn run(cmd: &ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Info { dir, json } => {
+            let info = info::inspect(&ModelDir::open(dir)?)?;
+            super::print_report(&info, *json);
+        }
+        ModelCommand::Synth {
+            arch,
+            out,
+            seed,
+            dtype,
+        } => {
+            synth::synthesize(arch, out, *seed, dtype)?;
+            eprintln!("wrote a random-weight {arch} model to {}", out.display());
+        }
+    }
+    Ok(())
+}
