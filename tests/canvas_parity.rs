@@ -64,7 +64,7 @@ fn run_and_check(
     let dir = ModelDir::open(tiny_model_dir()).unwrap();
     let cfg = dir.scheduler_config().unwrap();
     let mut sched = scheduler::build(SchedulerKind::Ddim, &cfg, 10).unwrap();
-    let unet = dir.load_unet(&Runtime::default(), DType::F32).unwrap();
+    let unet = dir.load_unet(&runtime(), DType::F32).unwrap();
     let x = (get(f, "init_noise") * sched.init_noise_sigma()).unwrap();
     let (_, _, h, w) = x.dims4().unwrap();
     let job = Pass {
@@ -135,7 +135,7 @@ fn f1_two_text_regions_match_mixture_canvas() {
         let diff = max_abs_diff(&w.weights, &get(&f, &format!("t2i.{k}.weights_f64")));
         assert!(diff <= 1e-12, "region {k} weights differ by {diff:e}");
     }
-    let conds = encode_prompts(&dir, &Runtime::default(), &plan.prompts).unwrap();
+    let conds = encode_prompts(&dir, &runtime(), &plan.prompts).unwrap();
     for (k, c) in conds.iter().enumerate() {
         assert_close(
             &format!("f1 region {k} embeddings"),
@@ -248,7 +248,7 @@ weight = 1.3
         let want = [r.y, r.y + r.h, r.x, r.x + r.w];
         assert_eq!(coords, want.iter().map(|&v| v as i64).collect::<Vec<_>>());
     }
-    let conds = encode_prompts(&dir, &Runtime::default(), &plan.prompts).unwrap();
+    let conds = encode_prompts(&dir, &runtime(), &plan.prompts).unwrap();
     run_and_check("f4", &f, &conds, &windows, |_, _, _, x| Ok(x));
 }
 
@@ -315,7 +315,7 @@ guidance = 7.5
 "#;
     let (_, plan, _) = plan_of(spec);
     let windows = realize_windows(&plan.windows).unwrap();
-    let conds = encode_prompts(&dir, &Runtime::default(), &plan.prompts).unwrap();
+    let conds = encode_prompts(&dir, &runtime(), &plan.prompts).unwrap();
     assert_close(
         "f3 embeddings",
         &conds[0].context,
@@ -323,7 +323,7 @@ guidance = 7.5
         1e-4,
     );
     // The reference samples its latent distribution with stored noise (tessera's CLI uses the mean).
-    let vae = dir.load_vae(&Runtime::default(), DType::F32).unwrap();
+    let vae = dir.load_vae(&runtime(), DType::F32).unwrap();
     let dist = vae.encode(&get(&f, "i2i.0.image")).unwrap();
     let sampled =
         (&dist.mean + (dist.std().unwrap() * get(&f, "i2i.0.sample_noise")).unwrap()).unwrap();
@@ -361,8 +361,8 @@ fn one_window_canvas_equals_plain_txt2img_exactly() {
     // A canvas whose single window covers it takes the txt2img path, bit for bit.
     let (_, plan, dir) = plan_of("[canvas]\nwidth = 128\nheight = 128\nsteps = 3\nscheduler = \"ddim\"\n[prompt]\ntext = \"a cat\"\n");
     assert_eq!(plan.windows.len(), 1);
-    let conds = encode_prompts(&dir, &Runtime::default(), &plan.prompts).unwrap();
-    let unet = dir.load_unet(&Runtime::default(), DType::F32).unwrap();
+    let conds = encode_prompts(&dir, &runtime(), &plan.prompts).unwrap();
+    let unet = dir.load_unet(&runtime(), DType::F32).unwrap();
     let cfg = dir.scheduler_config().unwrap();
     let x = SeededNoise::new(1).noise(&(1, 4, 16, 16).into()).unwrap();
     let windows = realize_windows(&plan.windows).unwrap();

@@ -466,6 +466,7 @@ fn check_after_render_uses_the_render_plan() {
         scheduler: tessera::scheduler::SchedulerKind::Ddim,
         phases: Default::default(),
         loads: Default::default(),
+        device: "cpu".into(),
     };
     let checked = |r: RenderReport| after_render(&r).unwrap().expect("a guide to check");
     let good_check = checked(report(good.clone(), Some(good_guide)));

@@ -58,16 +58,14 @@ fn vocab_and_merges_build_the_same_tokenizer() {
 fn text_encoder_matches_transformers() {
     let f = fixture("b_text_encoder");
     let dir = ModelDir::open(tiny_model_dir()).unwrap();
-    let encoder = dir
-        .load_text_encoder(&tessera::nn::Runtime::default(), DType::F32)
-        .unwrap();
+    let encoder = dir.load_text_encoder(&runtime(), DType::F32).unwrap();
     let ids: Vec<Vec<i64>> = get(&f, "input_ids").to_vec2().unwrap();
     let ids: Vec<Vec<u32>> = ids
         .into_iter()
         .map(|r| r.into_iter().map(|v| v as u32).collect())
         .collect();
     let out = encoder
-        .forward(&Tensor::new(ids, &Device::Cpu).unwrap())
+        .forward(&Tensor::new(ids, &runtime().device).unwrap())
         .unwrap();
     assert_close(
         "text encoder last_hidden_state",

@@ -28,7 +28,7 @@ fn run_case(name: &str, kind: SchedulerKind) {
         negative: String::new(),
         guidance: 7.5,
     };
-    let conds = encode_prompts(&dir, &Runtime::default(), &[prompt]).unwrap();
+    let conds = encode_prompts(&dir, &runtime(), &[prompt]).unwrap();
     assert_close(
         &format!("{name} prompt_embeds"),
         &conds[0].context,
@@ -48,9 +48,7 @@ fn run_case(name: &str, kind: SchedulerKind) {
     assert_eq!(got_t, ref_t, "{name}: timesteps");
 
     let latents = (get(&f, "init_latents") * sched.init_noise_sigma()).unwrap();
-    let unet = dir
-        .load_unet(&tessera::nn::Runtime::default(), DType::F32)
-        .unwrap();
+    let unet = dir.load_unet(&runtime(), DType::F32).unwrap();
     let whole = Rect {
         y: 0,
         x: 0,
@@ -95,7 +93,7 @@ fn run_case(name: &str, kind: SchedulerKind) {
     eprintln!("{name}: final latents rel diff {rel:.2e}");
     assert!(rel <= 1e-3, "{name}: final latents rel diff {rel:e}");
 
-    let decoded = Autoencoder::new(&dir, &Runtime::default(), None)
+    let decoded = Autoencoder::new(&dir, &runtime(), None)
         .decode(&final_ref, &Quiet)
         .unwrap();
     assert_close(

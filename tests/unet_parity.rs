@@ -10,7 +10,7 @@ fn unet_matches_diffusers_at_three_timesteps_and_two_shapes() {
     let f = fixture("c_unet");
     let unet = ModelDir::open(tiny_model_dir())
         .unwrap()
-        .load_unet(&tessera::nn::Runtime::default(), DType::F32)
+        .load_unet(&runtime(), DType::F32)
         .unwrap();
     for case in ["b2_8x8", "b1_16x24"] {
         let sample = get(&f, &format!("{case}.sample"));
@@ -27,15 +27,9 @@ fn unet_matches_diffusers_at_three_timesteps_and_two_shapes() {
 fn streaming_and_chunked_attention_change_nothing() {
     let f = fixture("c_unet");
     let dir = ModelDir::open(tiny_model_dir()).unwrap();
-    let resident = dir
-        .load_unet(&tessera::nn::Runtime::default(), DType::F32)
-        .unwrap();
-    let streaming = dir
-        .load_unet_streaming(&tessera::nn::Runtime::default(), DType::F32)
-        .unwrap();
-    let mut chunked = dir
-        .load_unet(&tessera::nn::Runtime::default(), DType::F32)
-        .unwrap();
+    let resident = dir.load_unet(&runtime(), DType::F32).unwrap();
+    let streaming = dir.load_unet_streaming(&runtime(), DType::F32).unwrap();
+    let mut chunked = dir.load_unet(&runtime(), DType::F32).unwrap();
     // Forces one query row per attention chunk and one token per feed-forward chunk.
     chunked.attention_budget = 1024;
     let sample = get(&f, "b1_16x24.sample");

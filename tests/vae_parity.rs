@@ -10,7 +10,7 @@ fn vae_decode_matches_diffusers() {
     let f = fixture("d_vae_decode");
     let vae = ModelDir::open(tiny_model_dir())
         .unwrap()
-        .load_vae(&tessera::nn::Runtime::default(), DType::F32)
+        .load_vae(&runtime(), DType::F32)
         .unwrap();
     for case in ["8x8", "16x24"] {
         let out = vae
@@ -30,7 +30,7 @@ fn vae_encode_matches_diffusers() {
     let f = fixture("d_vae_encode");
     let vae = ModelDir::open(tiny_model_dir())
         .unwrap()
-        .load_vae(&tessera::nn::Runtime::default(), DType::F32)
+        .load_vae(&runtime(), DType::F32)
         .unwrap();
     for case in ["64x64", "128x192"] {
         let dist = vae.encode(&get(&f, &format!("{case}.image"))).unwrap();

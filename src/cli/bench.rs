@@ -15,6 +15,9 @@ pub enum BenchCommand {
         /// f32 | f16 | bf16
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// cpu | cuda | cuda:N | metal | auto
+        #[arg(long, default_value = "auto")]
+        device: String,
         #[arg(long, default_value_t = 2)]
         batch: usize,
         /// Latent side (64 = 512 px).
@@ -23,12 +26,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// Throughput of tessera's CPU kernels on SD 1.5's shapes, and which instruction set ran.
+    Kernels,
     /// Time VAE decodes of a random latent.
     VaeDecode {
         #[arg(long)]
         model: PathBuf,
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// cpu | cuda | cuda:N | metal | auto
+        #[arg(long, default_value = "auto")]
+        device: String,
         #[arg(long, default_value_t = 64)]
         latent: usize,
         /// Tile side in pixels (0: untiled).
@@ -39,7 +47,7 @@ pub enum BenchCommand {
     },
 }
 
-fn runtime(dtype: &str) -> Result<Runtime> {
+fn runtime(dtype: &str, device: &str) -> Result<Runtime> {
     let precision = tessera::choices::Precision::from_name(dtype).ok_or_else(|| {
         Error::input(
             "--dtype",
@@ -48,20 +56,42 @@ fn runtime(dtype: &str) -> Result<Runtime> {
             "use f32, f16 or bf16",
         )
     })?;
-    Ok(Runtime::default().with_precision(precision))
+    let choice = tessera::choices::DeviceChoice::from_name(device).ok_or_else(|| {
+        Error::input(
+            "--device",
+            None,
+            format!("{device:?}"),
+            "use cpu, cuda, cuda:N, metal or auto",
+        )
+    })?;
+    Runtime::open(choice, precision).map_err(|e| Error::input("--device", None, e.message, e.fix))
 }
 
 pub fn run(cmd: &BenchCommand) -> Result<()> {
     let report = match cmd {
+        BenchCommand::Kernels => {
+            let k = tessera::nn::kernels::cpu_path();
+            println!("kernels: {k}, {} threads", tessera::nn::kernels::threads());
+            for f in tessera::nn::kernels::bench::run() {
+                println!(
+                    "{:<44} {:>8.3} s {:>8.1} GFLOP/s",
+                    f.what,
+                    f.seconds,
+                    f.gflop / f.seconds
+                );
+            }
+            return Ok(());
+        }
         BenchCommand::Unet {
             model,
             dtype,
+            device,
             batch,
             latent,
             repeat,
         } => bench::unet(
             &ModelDir::open(model)?,
-            &runtime(dtype)?,
+            &runtime(dtype, device)?,
             *batch,
             *latent,
             *repeat,
@@ -69,12 +99,13 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::VaeDecode {
             model,
             dtype,
+            device,
             latent,
             tile,
             repeat,
         } => bench::vae_decode(
             &ModelDir::open(model)?,
-            &runtime(dtype)?,
+            &runtime(dtype, device)?,
             *latent,
             (*tile > 0).then_some(*tile),
             *repeat,

@@ -34,6 +34,14 @@ pub fn run(cmd: &ModelCommand) -> Result<()> {
         ModelCommand::Info { dir, json } => {
             let info = info::inspect(&ModelDir::open(dir)?)?;
             super::print_report(&info, *json);
+            // Where a render with no --device would run it (stderr: stdout may be JSON).
+            let auto = tessera::nn::Runtime::open(Default::default(), Default::default());
+            if let Ok(rt) = auto {
+                eprintln!(
+                    "device:          {} (renders' default; --device to choose)",
+                    rt.device_name()
+                );
+            }
         }
         ModelCommand::Synth {
             arch,

@@ -44,6 +44,9 @@ pub struct RenderArgs {
     /// f32 | f16 | bf16 [default: f32].
     #[arg(long)]
     pub dtype: Option<String>,
+    /// cpu | cuda | cuda:N | metal [default: the first GPU this build supports, else the CPU].
+    #[arg(long)]
+    pub device: Option<String>,
     /// Use the tensor `noise` [1,4,H/8,W/8] of this safetensors file as initial noise.
     #[arg(long, value_name = "FILE")]
     pub init_noise: Option<PathBuf>,
@@ -90,6 +93,7 @@ impl RenderArgs {
             scheduler: self.scheduler.clone(),
             seed: self.seed,
             dtype: self.dtype.clone(),
+            device: self.device.clone(),
             init_noise: self.init_noise.clone(),
             save_latents: self.save_latents.clone(),
             vae_tile: self.vae_tile,
@@ -112,6 +116,7 @@ fn render_json(r: &RenderReport, check: Option<&tessera::check::CheckReport>) ->
         "width": r.plan.width,
         "height": r.plan.height,
         "scheduler": r.scheduler.name(),
+        "device": r.device,
         "windows_per_step": r.plan.windows_per_step,
         "unet_evaluations": r.plan.unet_evaluations,
         "phases": r.phases.phases,
@@ -130,11 +135,7 @@ pub fn run(args: &RenderArgs) -> Result<()> {
     };
     let settings = spec::resolve(spec, &args.overrides())?;
     install_interrupt_handler();
-    let report = tessera::render(
-        &settings,
-        &tessera::nn::Runtime::default(),
-        &Terminal::default(),
-    )?;
+    let report = tessera::render(&settings, &Terminal::default())?;
     if let Some(guide) = &report.guide {
         eprintln!("guide: {}", guide.display());
     }

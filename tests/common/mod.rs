@@ -5,8 +5,13 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// A path in the repository; `TESSERA_REPO` overrides the build's checkout (test binaries
+/// carried to a GPU machine run in another folder).
 pub fn repo_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+    std::env::var_os("TESSERA_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join(rel)
 }
 
 /// The bundled tiny SD-1.5-shaped model the fixtures were computed with.
@@ -14,10 +19,20 @@ pub fn tiny_model_dir() -> PathBuf {
     repo_path("models/tiny-sd")
 }
 
-/// Every tensor of `tests/fixtures/reference/<name>.safetensors`, on the CPU.
+/// The runtime the parity tests run on: the CPU, or the device `TESSERA_TEST_DEVICE` names
+/// (`cuda`, `cuda:1`, `metal`) in a GPU build, so the same tests check a GPU against diffusers.
+pub fn runtime() -> tessera::nn::Runtime {
+    let name = std::env::var("TESSERA_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let choice = tessera::choices::DeviceChoice::from_name(&name)
+        .unwrap_or_else(|| panic!("TESSERA_TEST_DEVICE={name}: not a device name"));
+    tessera::nn::Runtime::open(choice, Default::default())
+        .unwrap_or_else(|e| panic!("TESSERA_TEST_DEVICE={name}: {}", e.message))
+}
+
+/// Every tensor of `tests/fixtures/reference/<name>.safetensors`, on the test runtime's device.
 pub fn fixture(name: &str) -> HashMap<String, Tensor> {
     let path = repo_path(&format!("tests/fixtures/reference/{name}.safetensors"));
-    candle_core::safetensors::load(&path, &Device::Cpu)
+    candle_core::safetensors::load(&path, &runtime().device)
         .unwrap_or_else(|e| panic!("cannot load fixture {}: {e}", path.display()))
 }
 
@@ -36,7 +51,9 @@ pub fn get(f: &HashMap<String, Tensor>, key: &str) -> Tensor {
 }
 
 pub fn max_abs(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64)
+    t.to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
         .unwrap()
         .abs()
         .unwrap()
@@ -50,8 +67,16 @@ pub fn max_abs(t: &Tensor) -> f64 {
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.shape(), b.shape(), "shape mismatch");
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
     max_abs(&(a - b).unwrap())
 }
 

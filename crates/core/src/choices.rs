@@ -97,3 +97,37 @@ impl Precision {
         }
     }
 }
+
+/// The device a user asks for (`--device`, `[canvas] device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum DeviceChoice {
+    /// The first GPU this build supports and the machine has, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+    Metal,
+}
+
+impl DeviceChoice {
+    pub const NAMES: &'static [&'static str] = &["auto", "cpu", "cuda", "cuda:N", "metal"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "auto" => Some(Self::Auto),
+            "cpu" => Some(Self::Cpu),
+            "cuda" | "gpu" => Some(Self::Cuda(0)),
+            "metal" | "mps" => Some(Self::Metal),
+            n => n.strip_prefix("cuda:")?.parse().ok().map(Self::Cuda),
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Self::Auto => "auto".into(),
+            Self::Cpu => "cpu".into(),
+            Self::Cuda(n) => format!("cuda:{n}"),
+            Self::Metal => "metal".into(),
+        }
+    }
+}

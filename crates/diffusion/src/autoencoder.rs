@@ -19,6 +19,8 @@ pub struct Autoencoder<'a> {
     rt: Runtime,
     /// Tile side in pixels; `None`: whole images.
     tile: Option<usize>,
+    /// Bytes of whole-image scratch a tiled pass may keep in RAM (`None`: all of it).
+    scratch: Option<u64>,
     encoder: Option<Encoder>,
     decoder: Option<(DType, Decoder)>,
 }
@@ -30,9 +32,16 @@ impl<'a> Autoencoder<'a> {
             source,
             rt: rt.clone(),
             tile,
+            scratch: None,
             encoder: None,
             decoder: None,
         }
+    }
+
+    /// Keep at most `bytes` of a tiled pass's whole-image scratch in RAM, the rest in files.
+    pub fn with_scratch(mut self, bytes: Option<u64>) -> Self {
+        self.scratch = bytes;
+        self
     }
 
     fn tiled(&self, pixels: usize) -> Option<usize> {
@@ -51,7 +60,7 @@ impl<'a> Autoencoder<'a> {
         };
         let image = self.rt.to_device(image)?;
         let dist = match tile {
-            Some(t) => vae::tiled::encode(enc, &image, t)?,
+            Some(t) => vae::tiled::encode(enc, &image, t, self.scratch)?,
             None => LatentDist::from_parameters(&enc.forward(&image)?)?,
         };
         Ok((dist.mean * cfg.scaling_factor)?)
@@ -66,7 +75,13 @@ impl<'a> Autoencoder<'a> {
         let (_, _, h, w) = latents.dims4()?;
         if let Some(t) = self.tiled(cfg.factor() * h.max(w)) {
             // Tiles travel through f32 scratch stores, so the tiled decoder runs in f32.
-            return Ok(vae::tiled::decode(self.decoder(DType::F32)?, &scaled, t)?);
+            let scratch = self.scratch;
+            return Ok(vae::tiled::decode(
+                self.decoder(DType::F32)?,
+                &scaled,
+                t,
+                scratch,
+            )?);
         }
         let dtype = self.rt.vae_dtype(cfg.force_upcast);
         let image = self.whole_decode(&scaled, dtype)?;

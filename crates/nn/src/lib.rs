@@ -11,6 +11,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod kernels;
 pub mod layers;
 pub mod runtime;
 pub mod tokenizer;

@@ -3,12 +3,20 @@
 //! shares), so the networks, the engine and the render never decide it themselves.
 
 use candle_core::{DType, Device, Result, Tensor};
-use tessera_core::choices::Precision;
+use tessera_core::choices::{DeviceChoice, Precision};
 
 /// Where host data lives: noise is drawn here (portable seeds) and pictures are read here, then
 /// moved to the runtime's device once.
 pub fn host() -> Device {
     Device::Cpu
+}
+
+fn open_device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cuda(n) => Device::new_cuda(n),
+        DeviceChoice::Metal => Device::new_metal(0),
+        DeviceChoice::Cpu | DeviceChoice::Auto => Ok(host()),
+    }
 }
 
 /// The candle dtype of a precision.
@@ -36,9 +44,71 @@ impl Default for Runtime {
     }
 }
 
+/// Why a device asked for cannot be had, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceUnavailable {
+    pub message: String,
+    pub fix: String,
+}
+
+/// Whether this build has a backend: candle compiles one only with its feature.
+fn built_with(choice: DeviceChoice) -> bool {
+    match choice {
+        DeviceChoice::Cuda(_) => cfg!(feature = "cuda"),
+        DeviceChoice::Metal => cfg!(feature = "metal"),
+        DeviceChoice::Cpu | DeviceChoice::Auto => true,
+    }
+}
+
 impl Runtime {
     pub fn new(device: Device, precision: Precision) -> Self {
         Self { device, precision }
+    }
+
+    /// The device a user asked for: `Auto` is the first GPU this build supports and the
+    /// machine has, else the CPU.
+    pub fn open(
+        choice: DeviceChoice,
+        precision: Precision,
+    ) -> std::result::Result<Self, DeviceUnavailable> {
+        let device = match choice {
+            DeviceChoice::Cpu => host(),
+            DeviceChoice::Auto => [DeviceChoice::Cuda(0), DeviceChoice::Metal]
+                .into_iter()
+                .filter(|&c| built_with(c))
+                .find_map(|c| open_device(c).ok())
+                .unwrap_or_else(host),
+            gpu if !built_with(gpu) => {
+                let feature = if gpu == DeviceChoice::Metal {
+                    "metal"
+                } else {
+                    "cuda"
+                };
+                return Err(DeviceUnavailable {
+                    message: format!("this build of tessera has no {feature} support"),
+                    fix: format!(
+                        "rebuild with `cargo build --release --features {feature}` (README: GPUs), \
+                         or use --device cpu"
+                    ),
+                });
+            }
+            gpu => open_device(gpu).map_err(|e| DeviceUnavailable {
+                message: format!("cannot open device {}: {e}", gpu.name()),
+                fix:
+                    "check the GPU's driver and index (nvidia-smi lists them), or use --device cpu"
+                        .into(),
+            })?,
+        };
+        Ok(Self { device, precision })
+    }
+
+    /// The device's name for reports: `cpu`, `cuda:0`, `metal:0`.
+    pub fn device_name(&self) -> String {
+        match self.device.location() {
+            candle_core::DeviceLocation::Cpu => "cpu".into(),
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        }
     }
 
     /// The same device at another precision.

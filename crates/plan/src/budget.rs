@@ -271,6 +271,8 @@ pub fn fit(s: &Settings, facts: &ModelFacts) -> Result<Fitted> {
             }
         }
     }
+    // The estimate counts the tiled VAE's scratch as files; what it leaves free may hold it.
+    s.vae_scratch = Some(limit.saturating_sub(est.peak()));
     let chosen = changes(original, &s);
     Ok(Fitted {
         settings: s,

@@ -38,15 +38,20 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
-/// Time `f` `repeat` times, after one warm-up when `repeat > 1`; returns seconds per run.
-fn time_runs(repeat: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
-    if repeat > 1 {
+/// Time `f` `repeat` times, after one warm-up when `repeat > 1`; returns seconds per run. A
+/// GPU's queue is drained before each clock reading (its work is asynchronous).
+fn time_runs(rt: &Runtime, repeat: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    let mut run = || -> Result<()> {
         f()?;
+        Ok(rt.device.synchronize()?)
+    };
+    if repeat > 1 {
+        run()?;
     }
     (0..repeat)
         .map(|_| {
             let t = Instant::now();
-            f()?;
+            run()?;
             Ok(t.elapsed().as_secs_f64())
         })
         .collect()
@@ -73,7 +78,7 @@ pub fn unet(
         .to_dtype(dtype)?;
     let emb = rt.to_device(&emb)?;
     let notes = vec![format!("loaded UNet ({dtype:?}); RSS {}", mib(rss_bytes()))];
-    let times = time_runs(repeat, || {
+    let times = time_runs(rt, repeat, || {
         unet.forward(&x, 500.0, &emb)?;
         Ok(())
     })?;
@@ -86,7 +91,8 @@ pub fn unet(
 }
 
 /// VAE decodes of a random (1, 4, latent, latent) latent, as a render decodes (tiled when the
-/// image is larger than `tile` pixels; the decoder is loaded each run).
+/// image is larger than `tile` pixels; the decoder is loaded by the first run, which is the
+/// untimed warm-up when `repeat > 1`).
 pub fn vae_decode(
     dir: &ModelDir,
     rt: &Runtime,
@@ -95,8 +101,10 @@ pub fn vae_decode(
     repeat: usize,
 ) -> Result<BenchReport> {
     let z: Tensor = (SeededNoise::new(0).noise(&(1, 4, latent, latent).into())? * 0.18215)?;
-    let times = time_runs(repeat, || {
-        Autoencoder::new(dir, rt, tile).decode(&z, &Quiet)?;
+    let z = rt.to_device(&z)?;
+    let mut vae = Autoencoder::new(dir, rt, tile);
+    let times = time_runs(rt, repeat, || {
+        vae.decode(&z, &Quiet)?;
         Ok(())
     })?;
     let how = tile.map_or("untiled".to_string(), |t| format!("{t} px tiles"));

@@ -31,15 +31,18 @@ pub struct RenderReport {
     pub phases: PhaseReport,
     /// How many times each model component was loaded.
     pub loads: BTreeMap<&'static str, usize>,
+    /// The device that ran it: `cpu`, `cuda:0`, `metal:0`.
+    pub device: String,
 }
 
-pub fn render(settings: &Settings, rt: &Runtime, obs: &dyn Observer) -> Result<RenderReport> {
-    // 1. The model and the plan, fitted to the memory budget.
+pub fn render(settings: &Settings, obs: &dyn Observer) -> Result<RenderReport> {
+    // 1. The model and the plan, fitted to the memory budget; the device.
     let model = ModelDir::open(model_path(settings))?;
     let fitted = budget::fit(settings, &model_facts(&model)?)?;
     announce_budget(&fitted, obs);
     let (s, plan) = (&fitted.settings, &fitted.plan);
-    let rt = rt.with_precision(s.precision);
+    let rt = open_runtime(s)?;
+    obs.note(&format!("device: {}", rt.device_name()));
     let mut phases = PhaseReport::new(fitted.estimate);
     // 2. The prompts; the text encoder goes with them.
     let conds = phases.run("encode prompts", || {
@@ -47,7 +50,7 @@ pub fn render(settings: &Settings, rt: &Runtime, obs: &dyn Observer) -> Result<R
     })?;
     // 3. The denoiser and the VAE.
     let denoiser = Denoiser::load(&model, &rt, s, plan, obs)?;
-    let mut vae = Autoencoder::new(&model, &rt, s.tiles.vae);
+    let mut vae = Autoencoder::new(&model, &rt, s.tiles.vae).with_scratch(s.vae_scratch);
     // 4. The guide: rendered at low resolution (or given), upscaled, encoded.
     let guide: Option<Guide> = match &plan.guide {
         Some(g) => Some(phases.run("guide pass", || denoiser.guide(g, &conds, &mut vae))?),
@@ -75,7 +78,14 @@ pub fn render(settings: &Settings, rt: &Runtime, obs: &dyn Observer) -> Result<R
         scheduler,
         phases,
         loads: model.loads(),
+        device: rt.device_name(),
     })
+}
+
+/// The device the settings ask for, at their precision.
+pub fn open_runtime(s: &Settings) -> Result<Runtime> {
+    Runtime::open(s.device, s.precision)
+        .map_err(|e| tessera_core::Error::input(&s.origin, Some("canvas.device"), e.message, e.fix))
 }
 
 /// Say what `--max-memory` chose, and make freed memory go back to the kernel at once.

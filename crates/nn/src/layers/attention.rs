@@ -2,13 +2,62 @@
 //! dtype, and never more than a budget of scores alive at once, whatever the number of tokens
 //! (4096 for a 512 px UNet window, 65536 for a 2048 px VAE mid block).
 //!
-//! [`attend`] takes all keys at once and chunks the queries; [`OnlineSoftmax`] takes keys in
-//! blocks (the tiled VAE streams them from disk) with a running max and sum, so the result is
-//! exact either way.
+//! [`heads`] is what the networks call: token tensors `(B, N, heads·d)` in, the same out; on
+//! host f32 tensors it runs the blocked kernel ([`crate::kernels::attention`], heads read by
+//! stride, no transposes), elsewhere [`attend`] on split heads. [`OnlineSoftmax`] takes keys
+//! in blocks (the tiled VAE streams them from disk) with a running max and sum, so the result
+//! is exact either way.
 
+use crate::kernels;
 use candle_core::{DType, Result, Tensor, D};
 
 pub use tessera_core::choices::DEFAULT_ATTENTION_BUDGET;
+
+/// Multi-head attention of token tensors: `q` (B, N, heads·d), `k` and `v` (B, M, heads·d).
+pub fn heads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    budget: usize,
+) -> Result<Tensor> {
+    let (b, n, c) = q.dims3()?;
+    let m = k.dim(1)?;
+    let d = c / heads;
+    if [q, k, v].iter().all(|t| kernels::usable(t)) {
+        let shape = kernels::attention::Shape {
+            batch: b,
+            n,
+            m,
+            heads,
+            d,
+        };
+        return kernels::with_f32(q, |qs| {
+            kernels::with_f32(k, |ks| {
+                kernels::with_f32(v, |vs| {
+                    kernels::new_f32((b, n, c), |out| match kernels::flash::applies() {
+                        true => kernels::flash::attention(qs, ks, vs, shape, scale as f32, out),
+                        false => kernels::attention::attention(
+                            qs,
+                            ks,
+                            vs,
+                            shape,
+                            scale as f32,
+                            budget,
+                            out,
+                        ),
+                    })
+                })
+            })
+        })???;
+    }
+    let split = |t: &Tensor, len: usize| -> Result<Tensor> {
+        t.reshape((b, len, heads, d))?.transpose(1, 2)?.contiguous()
+    };
+    let y = attend(&split(q, n)?, &split(k, m)?, &split(v, m)?, scale, budget)?;
+    y.transpose(1, 2)?.reshape((b, n, c))
+}
 
 /// softmax(q kᵀ · scale) v over (B, heads, n, d) tensors, a chunk of queries at a time so that
 /// at most `budget` bytes of f32 scores are alive. Returns v's dtype.

@@ -1,14 +1,70 @@
-//! 2-D convolutions: one type for every convolution of every network, so that how a
-//! convolution is computed is decided in one place.
+//! 2-D convolutions: one type for every convolution of every network. On host f32 tensors it
+//! runs tessera's kernel ([`crate::kernels::conv`]), which can also read a channel
+//! concatenation and a nearest 2x upsampling by index, apply a GroupNorm (+ SiLU) on its input
+//! side and start its output from a per-channel term and a residual; elsewhere the same
+//! computation is composed from candle's ops.
 
+use crate::kernels::{self, conv as k};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The bias on the host as f32, for the kernel.
+    bias_f32: Option<Vec<f32>>,
     stride: usize,
     padding: usize,
+}
+
+/// A per-(batch item, channel) affine map `x * scale + shift`, optionally followed by SiLU:
+/// a GroupNorm (and its activation) in front of a convolution. `scale` and `shift` are
+/// `batch x channels`, row-major.
+#[derive(Clone, Debug)]
+pub struct Affine {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+    pub channels: usize,
+    pub silu: bool,
+}
+
+impl Affine {
+    /// The map as candle ops (for tensors the kernels do not take).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let shape = (b, self.channels, 1, 1);
+        let scale = Tensor::from_slice(&self.scale, shape, x.device())?;
+        let shift = Tensor::from_slice(&self.shift, shape, x.device())?;
+        let dtype = x.dtype();
+        let y = x
+            .to_dtype(candle_core::DType::F32)?
+            .broadcast_mul(&scale)?
+            .broadcast_add(&shift)?;
+        let y = if self.silu {
+            candle_nn::ops::silu(&y)?
+        } else {
+            y
+        };
+        y.to_dtype(dtype)
+    }
+}
+
+/// What a convolution reads and adds, beyond its input.
+#[derive(Default)]
+pub struct Fused<'a> {
+    /// Channels concatenated after the input's (the UNet's skip connection).
+    pub concat: Option<&'a Tensor>,
+    /// Nearest 2x upsampling of the input before the convolution.
+    pub upsample: bool,
+    /// A GroupNorm (+ SiLU) of the (concatenated) input, applied first.
+    pub pre: Option<&'a Affine>,
+    /// `(batch, cout)` (or `(1, cout)` for every batch item) values added to every pixel of
+    /// each output channel.
+    pub per_channel: Option<&'a Tensor>,
+    /// A tensor shaped like the output, added to it.
+    pub residual: Option<&'a Tensor>,
+    /// Zero padding (top, bottom, left, right) instead of the convolution's own.
+    pub padding: Option<(usize, usize, usize, usize)>,
 }
 
 impl Conv2d {
@@ -21,9 +77,15 @@ impl Conv2d {
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
+        let bias = vb.get(cout, "bias")?;
+        let bias_f32 = match bias.device().is_cpu() {
+            true => Some(bias.to_dtype(candle_core::DType::F32)?.to_vec1()?),
+            false => None,
+        };
         Ok(Self {
             weight: vb.get((cout, cin, k, k), "weight")?,
-            bias: Some(vb.get(cout, "bias")?),
+            bias: Some(bias),
+            bias_f32,
             stride,
             padding,
         })
@@ -49,19 +111,132 @@ impl Conv2d {
 
     /// The convolution with its own padding.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, self.padding)
+        self.forward_fused(x, Fused::default())
     }
 
     /// The convolution over an input that already carries its halo (padding 0): what a tile
     /// of a larger image needs.
     pub fn forward_unpadded(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, 0)
+        self.forward_fused(
+            x,
+            Fused {
+                padding: Some((0, 0, 0, 0)),
+                ..Default::default()
+            },
+        )
     }
 
-    fn run(&self, x: &Tensor, padding: usize) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, padding, self.stride, 1, 1)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+    /// The convolution with the extras of `f`.
+    pub fn forward_fused(&self, x: &Tensor, f: Fused) -> Result<Tensor> {
+        let fast = kernels::usable(x)
+            && kernels::usable(&self.weight)
+            && f.concat.is_none_or(kernels::usable)
+            && f.per_channel.is_none_or(kernels::usable)
+            && f.residual.is_none_or(kernels::usable);
+        match fast {
+            true => self.kernel(x, &f),
+            false => self.composed(x, &f),
+        }
+    }
+
+    fn geometry(&self, f: &Fused) -> k::Geometry {
+        let p = self.padding;
+        k::Geometry {
+            k: self.weight.dims()[2],
+            stride: self.stride,
+            pad: f.padding.unwrap_or((p, p, p, p)),
+        }
+    }
+
+    fn kernel(&self, x: &Tensor, f: &Fused) -> Result<Tensor> {
+        let (b, c1, h, w) = x.dims4()?;
+        let c2 = f.concat.map(|c| c.dim(1)).transpose()?.unwrap_or(0);
+        let cout = self.out_channels();
+        let g = self.geometry(f);
+        let input_dims = if f.upsample { (2 * h, 2 * w) } else { (h, w) };
+        let (ho, wo) = g.out_dims(input_dims);
+        let plane = cout * ho * wo;
+        let per_channel = f
+            .per_channel
+            .map(|t| t.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        kernels::with_f32(x, |xs| {
+            kernels::with_f32(&self.weight, |weight| {
+                let with_concat = |cs: &[f32]| {
+                    let with_residual = |rs: &[f32]| {
+                        kernels::new_f32((b, cout, ho, wo), |out| {
+                            for (i, out) in out.chunks_mut(plane).enumerate() {
+                                let mut sources = vec![(&xs[i * c1 * h * w..][..c1 * h * w], c1)];
+                                if c2 > 0 {
+                                    sources.push((&cs[i * c2 * h * w..][..c2 * h * w], c2));
+                                }
+                                let cin = c1 + c2;
+                                let pre = f.pre.map(|a| k::Pre {
+                                    scale: &a.scale[i * cin..(i + 1) * cin],
+                                    shift: &a.shift[i * cin..(i + 1) * cin],
+                                    silu: a.silu,
+                                });
+                                let input = k::Input {
+                                    sources,
+                                    h,
+                                    w,
+                                    upsample: f.upsample,
+                                    pre,
+                                };
+                                let init = k::Init {
+                                    bias: self.bias_f32.as_deref(),
+                                    // One row serves every batch item (one timestep).
+                                    per_channel: per_channel.as_deref().map(|p| {
+                                        let row = if p.len() == cout { 0 } else { i };
+                                        &p[row * cout..(row + 1) * cout]
+                                    }),
+                                    residual: (!rs.is_empty()).then(|| &rs[i * plane..][..plane]),
+                                };
+                                k::conv2d(&input, weight, cout, g, init, out);
+                            }
+                        })
+                    };
+                    match f.residual {
+                        Some(r) => kernels::with_f32(r, with_residual)?,
+                        None => with_residual(&[]),
+                    }
+                };
+                match f.concat {
+                    Some(c) => kernels::with_f32(c, with_concat)?,
+                    None => with_concat(&[]),
+                }
+            })?
+        })?
+    }
+
+    fn composed(&self, x: &Tensor, f: &Fused) -> Result<Tensor> {
+        let mut x = match f.concat {
+            Some(c) => Tensor::cat(&[x, c], 1)?,
+            None => x.clone(),
+        };
+        if let Some(pre) = f.pre {
+            x = pre.apply(&x)?;
+        }
+        if f.upsample {
+            let (_, _, h, w) = x.dims4()?;
+            x = x.upsample_nearest2d(2 * h, 2 * w)?;
+        }
+        let g = self.geometry(f);
+        let (t, b, l, r) = g.pad;
+        let symmetric = t == b && l == r && t == l;
+        let (x, pad) = match symmetric {
+            true => (x, t),
+            false => (x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?, 0),
+        };
+        let mut y = x.conv2d(&self.weight, pad, self.stride, 1, 1)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?;
+        }
+        if let Some(p) = f.per_channel {
+            y = y.broadcast_add(&p.to_dtype(y.dtype())?.unsqueeze(2)?.unsqueeze(3)?)?;
+        }
+        match f.residual {
+            Some(r) => r + y,
             None => Ok(y),
         }
     }

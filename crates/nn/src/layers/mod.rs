@@ -3,10 +3,12 @@
 
 pub mod attention;
 pub mod conv;
+pub mod linear;
 pub mod norm;
 pub mod resnet;
 
-pub use attention::{attend, OnlineSoftmax, DEFAULT_ATTENTION_BUDGET};
-pub use conv::Conv2d;
+pub use attention::{attend, heads, OnlineSoftmax, DEFAULT_ATTENTION_BUDGET};
+pub use conv::{Affine, Conv2d, Fused};
+pub use linear::Linear;
 pub use norm::{GroupNorm, GroupStats, LayerNorm};
 pub use resnet::ResnetBlock;

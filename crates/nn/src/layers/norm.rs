@@ -1,60 +1,64 @@
-//! Normalisations computed in f32 whatever the weights' dtype (f16 variance overflows). The
-//! GroupNorm's statistics are separable from the normalisation, so that a tiled pass can
-//! normalise every tile with the statistics of the whole image.
+//! Normalisations with f32 (or better) statistics whatever the weights' dtype (f16 variance
+//! overflows). A GroupNorm is computed as statistics, then a per-channel affine map
+//! ([`Affine`]) that the next convolution applies on its input side; the statistics can be
+//! pooled from the tiles of a larger image ([`GroupStats`]), so a tiled pass normalises every
+//! tile with the statistics of the whole image.
 
+use super::conv::Affine;
+use crate::kernels;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-/// Per-group sums over some pixels: enough to pool the statistics of many tiles exactly.
+/// Per-channel sums over some pixels of one image: enough to pool the statistics of many
+/// tiles exactly (f64).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupStats {
-    pub sum: Vec<f64>,
-    pub sum_sq: Vec<f64>,
+    /// `(sum, sum of squares)` per channel.
+    pub channels: Vec<(f64, f64)>,
+    /// Pixels summed per channel.
     pub count: u64,
 }
 
 impl GroupStats {
-    pub fn new(groups: usize) -> Self {
+    pub fn new(channels: usize) -> Self {
         Self {
-            sum: vec![0.0; groups],
-            sum_sq: vec![0.0; groups],
+            channels: vec![(0.0, 0.0); channels],
             count: 0,
         }
     }
 
-    /// Add the pixels of `x` (1, C, h, w).
-    pub fn add(&mut self, x: &Tensor) -> Result<()> {
-        let g = self.sum.len();
-        let (_, c, h, w) = x.dims4()?;
-        let xg = x.to_dtype(DType::F64)?.reshape((g, (c / g) * h * w))?;
-        let sums: Vec<f64> = xg.sum(1)?.to_vec1()?;
-        let sqs: Vec<f64> = xg.sqr()?.sum(1)?.to_vec1()?;
-        for i in 0..g {
-            self.sum[i] += sums[i];
-            self.sum_sq[i] += sqs[i];
-        }
-        self.count += ((c / g) * h * w) as u64;
-        Ok(())
+    /// The statistics of `x` (1, C, h, w) alone.
+    pub fn of(x: &Tensor) -> Result<Self> {
+        let mut s = Self::new(x.dim(1)?);
+        s.add(x)?;
+        Ok(s)
     }
 
-    /// Per-group (mean, variance), biased as GroupNorm uses it.
-    pub fn mean_var(&self) -> Vec<(f64, f64)> {
-        let n = self.count as f64;
-        self.sum
-            .iter()
-            .zip(&self.sum_sq)
-            .map(|(s, q)| {
-                let mean = s / n;
-                (mean, (q / n - mean * mean).max(0.0))
-            })
-            .collect()
+    /// Add the pixels of `x` (1, C, h, w).
+    pub fn add(&mut self, x: &Tensor) -> Result<()> {
+        let (_, c, h, w) = x.dims4()?;
+        let sums = match kernels::usable(x) {
+            true => kernels::with_f32(x, |v| kernels::norm::channel_sums(v, h * w))?,
+            false => {
+                let x = x.to_dtype(DType::F64)?.reshape((c, h * w))?;
+                let s: Vec<f64> = x.sum(1)?.to_vec1()?;
+                let q: Vec<f64> = x.sqr()?.sum(1)?.to_vec1()?;
+                s.into_iter().zip(q).collect()
+            }
+        };
+        for (acc, (s, q)) in self.channels.iter_mut().zip(sums) {
+            acc.0 += s;
+            acc.1 += q;
+        }
+        self.count += (h * w) as u64;
+        Ok(())
     }
 }
 
-/// GroupNorm over (B, C, H, W) with f32 statistics (the UNet's and the VAE's).
+/// GroupNorm over (B, C, H, W) (the UNet's and the VAE's).
 pub struct GroupNorm {
-    weight: Tensor,
-    bias: Tensor,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
     groups: usize,
     eps: f64,
 }
@@ -62,9 +66,10 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// `vb` holds `weight` and `bias` of `channels` values.
     pub fn new(vb: VarBuilder, channels: usize, groups: usize, eps: f64) -> Result<Self> {
+        let host = |t: Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
         Ok(Self {
-            weight: vb.get(channels, "weight")?.to_dtype(DType::F32)?,
-            bias: vb.get(channels, "bias")?.to_dtype(DType::F32)?,
+            gamma: host(vb.get(channels, "weight")?)?,
+            beta: host(vb.get(channels, "bias")?)?,
             groups,
             eps,
         })
@@ -74,62 +79,89 @@ impl GroupNorm {
         self.groups
     }
 
-    /// Normalise with the tensor's own statistics (the untiled path).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let (b, c, h, w) = x.dims4()?;
-        let xg = x
-            .to_dtype(DType::F32)?
-            .reshape((b, self.groups, (c / self.groups) * h * w))?;
-        let mean = xg.mean_keepdim(2)?;
-        let centred = xg.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(2)?;
-        let normed = centred
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .reshape((b, c, h, w))?;
-        let shape = (1, c, 1, 1);
-        normed
-            .broadcast_mul(&self.weight.reshape(shape)?)?
-            .broadcast_add(&self.bias.reshape(shape)?)?
-            .to_dtype(dtype)
+    /// The normalisation as an affine map for statistics pooled elsewhere (one image).
+    pub fn affine_with(&self, stats: &GroupStats, silu: bool) -> Affine {
+        let (scale, shift) = kernels::norm::group_affine(
+            &stats.channels,
+            stats.count as usize,
+            self.groups,
+            &self.gamma,
+            &self.beta,
+            self.eps,
+        );
+        Affine {
+            channels: scale.len(),
+            scale,
+            shift,
+            silu,
+        }
     }
 
-    /// Normalise with given (pooled) statistics: a per-channel scale and shift.
-    pub fn forward_with(&self, x: &Tensor, stats: &GroupStats) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let c = x.dim(1)?;
-        let per_group = c / self.groups;
-        let mv = stats.mean_var();
-        let w: Vec<f32> = self.weight.to_vec1()?;
-        let b: Vec<f32> = self.bias.to_vec1()?;
-        let (mut scale, mut shift) = (vec![0f32; c], vec![0f32; c]);
-        for ch in 0..c {
-            let (mean, var) = mv[ch / per_group];
-            let s = w[ch] as f64 / (var + self.eps).sqrt();
-            scale[ch] = s as f32;
-            shift[ch] = (b[ch] as f64 - mean * s) as f32;
+    /// The normalisation of `x` (channels concatenated with `concat`, if given), with each
+    /// batch item's own statistics, as an affine map (followed by SiLU when `silu`).
+    pub fn affine(&self, x: &Tensor, concat: Option<&Tensor>, silu: bool) -> Result<Affine> {
+        let b = x.dim(0)?;
+        let mut scale = Vec::new();
+        let mut shift = Vec::new();
+        for i in 0..b {
+            let mut stats = GroupStats::of(&x.narrow(0, i, 1)?.contiguous()?)?;
+            if let Some(c) = concat {
+                let more = GroupStats::of(&c.narrow(0, i, 1)?.contiguous()?)?;
+                stats.channels.extend(more.channels);
+            }
+            let a = self.affine_with(&stats, silu);
+            scale.extend(a.scale);
+            shift.extend(a.shift);
         }
-        let scale = Tensor::from_vec(scale, (1, c, 1, 1), x.device())?;
-        let shift = Tensor::from_vec(shift, (1, c, 1, 1), x.device())?;
-        x.to_dtype(DType::F32)?
-            .broadcast_mul(&scale)?
-            .broadcast_add(&shift)?
-            .to_dtype(dtype)
+        Ok(Affine {
+            channels: self.gamma.len(),
+            scale,
+            shift,
+            silu,
+        })
+    }
+
+    /// Normalise `x` with its own statistics.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.affine(x, None, false)?.apply(x)
+    }
+
+    /// Normalise with given (pooled) statistics.
+    pub fn forward_with(&self, x: &Tensor, stats: &GroupStats) -> Result<Tensor> {
+        self.affine_with(stats, false).apply(x)
     }
 }
 
 /// LayerNorm over the last dimension with f32 statistics (the transformer's and CLIP's).
-pub struct LayerNorm(candle_nn::LayerNorm);
+pub struct LayerNorm {
+    norm: candle_nn::LayerNorm,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f64,
+}
 
 impl LayerNorm {
     pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         let w = vb.get(dim, "weight")?.to_dtype(DType::F32)?;
         let b = vb.get(dim, "bias")?.to_dtype(DType::F32)?;
-        Ok(Self(candle_nn::LayerNorm::new(w, b, eps)))
+        Ok(Self {
+            gamma: w.to_vec1()?,
+            beta: b.to_vec1()?,
+            norm: candle_nn::LayerNorm::new(w, b, eps),
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.0
+        if kernels::usable(x) {
+            let c = self.gamma.len();
+            return kernels::with_f32(x, |v| {
+                kernels::new_f32(x.shape().clone(), |out| {
+                    kernels::norm::layer_norm(v, c, &self.gamma, &self.beta, self.eps, out)
+                })
+            })?;
+        }
+        self.norm
             .forward(&x.to_dtype(DType::F32)?)?
             .to_dtype(x.dtype())
     }

@@ -1,8 +1,9 @@
 //! The resnet block of the UNet and the VAE: GroupNorm, SiLU, 3x3 convolution, twice, with an
 //! optional timestep projection added between (UNet) and a 1x1 shortcut when the channel count
-//! changes.
+//! changes. Each GroupNorm + SiLU runs on the input side of its convolution, the time
+//! embedding and the bias start the first one's output, the shortcut starts the second's.
 
-use super::conv::Conv2d;
+use super::conv::{Conv2d, Fused};
 use super::norm::GroupNorm;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
@@ -46,21 +47,51 @@ impl ResnetBlock {
 
     /// `temb` is the timestep embedding (B, T) for a UNet block, `None` for a VAE block.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let mut h = self
-            .conv1
-            .forward(&candle_nn::ops::silu(&self.norm1.forward(x)?)?)?;
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(&candle_nn::ops::silu(temb)?)?;
-            h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
-        }
-        let h = self
-            .conv2
-            .forward(&candle_nn::ops::silu(&self.norm2.forward(&h)?)?)?;
-        let skip = match &self.shortcut {
-            Some(s) => s.forward(x)?,
-            None => x.clone(),
+        self.forward_concat(x, None, temb)
+    }
+
+    /// The block on `x` with `skip`'s channels concatenated after its own (the UNet's up path),
+    /// read in place rather than copied.
+    pub fn forward_concat(
+        &self,
+        x: &Tensor,
+        skip: Option<&Tensor>,
+        temb: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let t = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => Some(proj.forward(&candle_nn::ops::silu(temb)?)?),
+            _ => None,
         };
-        let out = (skip + h)?;
+        let pre1 = self.norm1.affine(x, skip, true)?;
+        let h = self.conv1.forward_fused(
+            x,
+            Fused {
+                concat: skip,
+                pre: Some(&pre1),
+                per_channel: t.as_ref(),
+                ..Default::default()
+            },
+        )?;
+        let shortcut = match (&self.shortcut, skip) {
+            (Some(s), _) => s.forward_fused(
+                x,
+                Fused {
+                    concat: skip,
+                    ..Default::default()
+                },
+            )?,
+            (None, Some(skip)) => Tensor::cat(&[x, skip], 1)?,
+            (None, None) => x.clone(),
+        };
+        let pre2 = self.norm2.affine(&h, None, true)?;
+        let out = self.conv2.forward_fused(
+            &h,
+            Fused {
+                pre: Some(&pre2),
+                residual: Some(&shortcut),
+                ..Default::default()
+            },
+        )?;
         if self.output_scale == 1.0 {
             Ok(out)
         } else {

@@ -16,7 +16,7 @@ pub use crate::layers::DEFAULT_ATTENTION_BUDGET;
 pub use config::{PerBlock, UNetConfig};
 
 use crate::layers::resnet::{ResnetBlock, ResnetConfig};
-use crate::layers::{Conv2d, GroupNorm};
+use crate::layers::{Conv2d, Fused, GroupNorm};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use embeddings::{sinusoidal, TimestepEmbedding};
@@ -328,7 +328,7 @@ impl UNet {
                 (Layer::Resnet(block), Kind::Resnet { concat_skip, .. }) => {
                     if *concat_skip {
                         let skip = skips.pop().expect("one skip connection per up resnet");
-                        block.forward(&Tensor::cat(&[&x, &skip], 1)?, Some(&temb))?
+                        block.forward_concat(&x, Some(&skip), Some(&temb))?
                     } else {
                         block.forward(&x, Some(&temb))?
                     }
@@ -336,11 +336,29 @@ impl UNet {
                 (Layer::Attention(t), _) => t.forward(&x, text, self.attention_budget)?,
                 (Layer::Resample(conv), Kind::Upsample { level, .. }) => {
                     let (th, tw) = sizes[*level];
-                    conv.forward(&x.upsample_nearest2d(th, tw)?)?
+                    let (_, _, h, w) = x.dims4()?;
+                    match (th, tw) == (2 * h, 2 * w) {
+                        true => conv.forward_fused(
+                            &x,
+                            Fused {
+                                upsample: true,
+                                ..Default::default()
+                            },
+                        )?,
+                        // Odd sizes on the way down: nearest resampling to the exact size.
+                        false => conv.forward(&x.upsample_nearest2d(th, tw)?)?,
+                    }
                 }
                 (Layer::Resample(conv), _) => conv.forward(&x)?,
                 (Layer::Tail { norm, conv_out }, _) => {
-                    conv_out.forward(&candle_nn::ops::silu(&norm.forward(&x)?)?)?
+                    let pre = norm.affine(&x, None, true)?;
+                    conv_out.forward_fused(
+                        &x,
+                        Fused {
+                            pre: Some(&pre),
+                            ..Default::default()
+                        },
+                    )?
                 }
                 (Layer::Resnet(_), _) => unreachable!("resnet layers have resnet specs"),
             };

@@ -2,9 +2,10 @@
 //! with the shared budgeted attention (at most `budget` bytes of scores alive, whatever the
 //! number of tokens).
 
-use crate::layers::{attend, Conv2d, GroupNorm, LayerNorm};
-use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
+use crate::kernels;
+use crate::layers::{heads, Conv2d, Fused, GroupNorm, LayerNorm, Linear};
+use candle_core::{Result, Tensor, D};
+use candle_nn::VarBuilder;
 
 struct Attention {
     to_q: Linear,
@@ -25,31 +26,29 @@ impl Attention {
     ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
-            to_q: linear_no_bias(dim, inner, vb.pp("to_q"))?,
-            to_k: linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            to_v: linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
-            to_out: linear(inner, dim, vb.pp("to_out.0"))?,
+            to_q: Linear::new(vb.pp("to_q"), dim, inner, false)?,
+            to_k: Linear::new(vb.pp("to_k"), context_dim, inner, false)?,
+            to_v: Linear::new(vb.pp("to_v"), context_dim, inner, false)?,
+            to_out: Linear::new(vb.pp("to_out.0"), inner, dim, true)?,
             heads,
             head_dim,
         })
     }
 
-    fn forward(&self, x: &Tensor, context: &Tensor, budget: usize) -> Result<Tensor> {
-        let split = |t: Tensor| -> Result<Tensor> {
-            let (b, n, _) = t.dims3()?;
-            t.reshape((b, n, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = split(self.to_q.forward(x)?)?;
-        let k = split(self.to_k.forward(context)?)?;
-        let v = split(self.to_v.forward(context)?)?;
-        let y = attend(&q, &k, &v, (self.head_dim as f64).powf(-0.5), budget)?;
-        let (b, _, n, _) = y.dims4()?;
-        let y = y
-            .transpose(1, 2)?
-            .reshape((b, n, self.heads * self.head_dim))?;
-        self.to_out.forward(&y)
+    /// Attention of `x` to `context`, plus `residual`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        residual: &Tensor,
+        budget: usize,
+    ) -> Result<Tensor> {
+        let q = self.to_q.forward(x)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let y = heads(&q, &k, &v, self.heads, scale, budget)?;
+        self.to_out.forward_residual(&y, Some(residual))
     }
 }
 
@@ -62,33 +61,55 @@ impl FeedForward {
     fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = 4 * dim;
         Ok(Self {
-            proj: linear(dim, 2 * inner, vb.pp("net.0.proj"))?,
-            out: linear(inner, dim, vb.pp("net.2"))?,
+            proj: Linear::new(vb.pp("net.0.proj"), dim, 2 * inner, true)?,
+            out: Linear::new(vb.pp("net.2"), inner, dim, true)?,
         })
     }
 
     /// GEGLU feed-forward, a chunk of tokens at a time so that its 8x-wide hidden state
     /// stays within `budget` bytes (rows are independent: chunking changes values only by
     /// the float rounding of a different matmul summation order).
-    fn forward(&self, x: &Tensor, budget: usize) -> Result<Tensor> {
+    /// The feed-forward of `x`, plus `residual`.
+    fn forward(&self, x: &Tensor, residual: &Tensor, budget: usize) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
-        let hidden_bytes_per_token = b * self.proj.weight().dim(0)? * 4 * 2;
+        let hidden_bytes_per_token = b * self.proj.out_features() * 4 * 2;
         let chunk = (budget / hidden_bytes_per_token.max(1)).clamp(1, n);
         if chunk == n {
-            return self.forward_all(x);
+            return self.forward_all(x, residual);
         }
         let parts = (0..n)
             .step_by(chunk)
-            .map(|start| self.forward_all(&x.narrow(1, start, chunk.min(n - start))?))
+            .map(|start| {
+                let len = chunk.min(n - start);
+                let res = residual.narrow(1, start, len)?.contiguous()?;
+                self.forward_all(&x.narrow(1, start, len)?.contiguous()?, &res)
+            })
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&parts, 1)
     }
 
-    fn forward_all(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward_all(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(x)?;
-        let parts = h.chunk(2, D::Minus1)?;
+        let inner = h.dim(D::Minus1)? / 2;
         // GEGLU with the exact (erf) GELU, as diffusers.
-        self.out.forward(&(&parts[0] * parts[1].gelu_erf()?)?)
+        let gated = match kernels::usable(&h) {
+            true => {
+                let mut dims = h.dims().to_vec();
+                *dims.last_mut().expect("a last dimension") = inner;
+                kernels::with_f32(&h, |hs| {
+                    kernels::new_f32(dims, |out| {
+                        for (o, row) in out.chunks_mut(inner).zip(hs.chunks(2 * inner)) {
+                            kernels::math::geglu(&row[..inner], &row[inner..], o);
+                        }
+                    })
+                })??
+            }
+            false => {
+                let parts = h.chunk(2, D::Minus1)?;
+                (&parts[0] * parts[1].gelu_erf()?)?
+            }
+        };
+        self.out.forward_residual(&gated, Some(residual))
     }
 }
 
@@ -116,12 +137,11 @@ impl TransformerBlock {
 
     fn forward(&self, x: &Tensor, context: &Tensor, budget: usize) -> Result<Tensor> {
         let h = self.norm1.forward(x)?;
-        let x = (self.attn1.forward(&h, &h, budget)? + x)?;
-        let x = (self
+        let x = self.attn1.forward(&h, &h, x, budget)?;
+        let x = self
             .attn2
-            .forward(&self.norm2.forward(&x)?, context, budget)?
-            + &x)?;
-        self.ff.forward(&self.norm3.forward(&x)?, budget)? + x
+            .forward(&self.norm2.forward(&x)?, context, &x, budget)?;
+        self.ff.forward(&self.norm3.forward(&x)?, &x, budget)
     }
 }
 
@@ -150,7 +170,7 @@ impl Transformer2D {
     pub fn new(vb: VarBuilder, channels: usize, c: &TransformerConfig) -> Result<Self> {
         let proj = |name: &str| -> Result<Projection> {
             Ok(if c.linear_projection {
-                Projection::Linear(linear(channels, channels, vb.pp(name))?)
+                Projection::Linear(Linear::new(vb.pp(name), channels, channels, true)?)
             } else {
                 Projection::Conv(Conv2d::point(vb.pp(name), channels, channels)?)
             })
@@ -175,20 +195,31 @@ impl Transformer2D {
 
     pub fn forward(&self, x: &Tensor, context: &Tensor, budget: usize) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let to_tokens = |t: Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
-        let from_tokens = |t: Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
-        let normed = self.norm.forward(x)?;
+        let to_tokens = |t: Tensor| t.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous();
+        let from_tokens = |t: Tensor| t.transpose(1, 2)?.reshape((b, c, h, w))?.contiguous();
+        let norm = self.norm.affine(x, None, false)?;
         let mut t = match &self.proj_in {
-            Projection::Conv(p) => to_tokens(p.forward(&normed)?)?,
-            Projection::Linear(p) => p.forward(&to_tokens(normed)?)?,
+            Projection::Conv(p) => {
+                let fused = Fused {
+                    pre: Some(&norm),
+                    ..Default::default()
+                };
+                to_tokens(p.forward_fused(x, fused)?)?
+            }
+            Projection::Linear(p) => p.forward(&to_tokens(norm.apply(x)?)?)?,
         };
         for block in &self.blocks {
             t = block.forward(&t, context, budget)?;
         }
-        let y = match &self.proj_out {
-            Projection::Conv(p) => p.forward(&from_tokens(t)?)?,
-            Projection::Linear(p) => from_tokens(p.forward(&t)?)?,
-        };
-        y + x
+        match &self.proj_out {
+            Projection::Conv(p) => {
+                let fused = Fused {
+                    residual: Some(x),
+                    ..Default::default()
+                };
+                p.forward_fused(&from_tokens(t)?, fused)
+            }
+            Projection::Linear(p) => from_tokens(p.forward(&t)?)? + x,
+        }
     }
 }

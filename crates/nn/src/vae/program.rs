@@ -2,9 +2,9 @@
 //! by two executors, [`run`] here for a whole image and `tiled` for an image of any size at
 //! the memory of one tile.
 
-use crate::layers::{attend, Conv2d, GroupNorm, ResnetBlock};
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use crate::layers::{heads, Conv2d, Fused, GroupNorm, Linear, ResnetBlock};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
 
 /// How a convolution maps input pixels to output pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,10 +50,10 @@ impl AttentionBlock {
         let name = |new: &'static str, legacy: &'static str| if old { legacy } else { new };
         Ok(Self {
             norm: GroupNorm::new(vb.pp("group_norm"), c, groups, 1e-6)?,
-            q: linear(c, c, vb.pp(name("to_q", "query")))?,
-            k: linear(c, c, vb.pp(name("to_k", "key")))?,
-            v: linear(c, c, vb.pp(name("to_v", "value")))?,
-            out: linear(c, c, vb.pp(name("to_out.0", "proj_attn")))?,
+            q: Linear::new(vb.pp(name("to_q", "query")), c, c, true)?,
+            k: Linear::new(vb.pp(name("to_k", "key")), c, c, true)?,
+            v: Linear::new(vb.pp(name("to_v", "value")), c, c, true)?,
+            out: Linear::new(vb.pp(name("to_out.0", "proj_attn")), c, c, true)?,
         })
     }
 
@@ -71,11 +71,10 @@ impl AttentionBlock {
             .reshape((b, c, n))?
             .transpose(1, 2)?
             .contiguous()?;
-        let heads = |t: Tensor| t.unsqueeze(1);
-        let q = heads(self.q.forward(&tokens)?)?;
-        let k = heads(self.k.forward(&tokens)?)?;
-        let v = heads(self.v.forward(&tokens)?)?;
-        let y = attend(&q, &k, &v, self.scale()?, ATTENTION_BUDGET)?.squeeze(1)?;
+        let q = self.q.forward(&tokens)?;
+        let k = self.k.forward(&tokens)?;
+        let v = self.v.forward(&tokens)?;
+        let y = heads(&q, &k, &v, 1, self.scale()?, ATTENTION_BUDGET)?;
         let y = self
             .out
             .forward(&y)?
@@ -102,20 +101,14 @@ impl Op {
                 conv,
                 sampling,
             } => {
-                let x = match pre {
-                    Some(norm) => candle_nn::ops::silu(&norm.forward(x)?)?,
-                    None => x.clone(),
+                let pre = pre.as_ref().map(|n| n.affine(x, None, true)).transpose()?;
+                let fused = Fused {
+                    pre: pre.as_ref(),
+                    upsample: *sampling == Sampling::Up2,
+                    padding: (*sampling == Sampling::Down2).then_some((0, 1, 0, 1)),
+                    ..Default::default()
                 };
-                match sampling {
-                    Sampling::Same | Sampling::Point => conv.forward(&x),
-                    Sampling::Up2 => {
-                        let (_, _, h, w) = x.dims4()?;
-                        conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
-                    }
-                    Sampling::Down2 => {
-                        conv.forward_unpadded(&x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?)
-                    }
-                }
+                conv.forward_fused(x, fused)
             }
             Op::Resnet(r) => r.forward(x, None),
             Op::Attention(a) => a.forward(x),

@@ -1,89 +1,200 @@
-//! A whole-image activation kept out of the heap: an unlinked temporary file read and written
-//! by regions, so a tiled VAE pass holds one tile at a time whatever the image size.
-//! Pixels are stored channel-last (HWC), so one image row of a region is one contiguous read.
+//! A whole-image activation between two layers of the tiled VAE: in RAM while the scratch
+//! budget allows, else in an unlinked temporary file, so a tiled pass holds one band of rows
+//! at a time whatever the image size. Bands are whole rows: one contiguous read or write per
+//! band in either place (RAM: channel-major planes; file: rows of pixels, channels last).
 //! Values are native-endian f32: the file is private to this process, so no byte conversion.
+//! On a GPU, bands stay in device memory while the budget allows (no round trip to the host).
 
 use crate::runtime::host;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
+use std::cell::Cell;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::rc::Rc;
+
+/// The stores of one pass: the bytes that may still stay in memory (RAM, or the GPU's), and
+/// the device and dtype the layers compute in, which every band read is given.
+#[derive(Clone)]
+pub struct Scratch {
+    left: Rc<Cell<u64>>,
+    device: Device,
+    dtype: DType,
+}
+
+impl Scratch {
+    /// `None`: every store in memory. Bands are read back onto `like`'s device and dtype.
+    pub fn new(ram: Option<u64>, like: &Tensor) -> Self {
+        Self {
+            left: Rc::new(Cell::new(ram.unwrap_or(u64::MAX))),
+            device: like.device().clone(),
+            dtype: like.dtype(),
+        }
+    }
+
+    fn take(&self, bytes: u64) -> bool {
+        let left = self.left.get();
+        (bytes <= left)
+            .then(|| self.left.set(left - bytes))
+            .is_some()
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.left.set(self.left.get().saturating_add(bytes));
+    }
+}
+
+enum Place {
+    /// `(c, h, w)` planes.
+    Ram(Vec<f32>),
+    /// Bands as written, each `(first row, (1, C, rows, W))`, on the GPU.
+    Device(Vec<(usize, Tensor)>),
+    /// `(h, w, c)` pixels.
+    File(File),
+}
 
 pub struct Store {
     pub c: usize,
     pub h: usize,
     pub w: usize,
-    file: File,
+    place: Place,
+    scratch: Scratch,
+    held: u64,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.scratch.give_back(self.held);
+    }
 }
 
 fn io(e: std::io::Error) -> candle_core::Error {
     candle_core::Error::Msg(format!("tiled VAE scratch file: {e}"))
 }
 
+fn scratch_file(bytes: u64) -> Result<File> {
+    let dir = std::env::var_os("TESSERA_TMPDIR")
+        .map(Into::into)
+        .unwrap_or_else(std::env::temp_dir);
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".tessera-vae-{}-{n}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io)?;
+    // Unlinked at once: the space is freed when the store is dropped, even on a crash.
+    std::fs::remove_file(&path).map_err(io)?;
+    file.set_len(bytes).map_err(io)?;
+    Ok(file)
+}
+
 impl Store {
-    pub fn new(c: usize, h: usize, w: usize) -> Result<Self> {
-        let dir = std::env::var_os("TESSERA_TMPDIR")
-            .map(Into::into)
-            .unwrap_or_else(std::env::temp_dir);
-        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = dir.join(format!(".tessera-vae-{}-{n}", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io)?;
-        // Unlinked at once: the space is freed when the store is dropped, even on a crash.
-        std::fs::remove_file(&path).map_err(io)?;
-        file.set_len((c * h * w * 4) as u64).map_err(io)?;
-        Ok(Self { c, h, w, file })
+    pub fn new(c: usize, h: usize, w: usize, scratch: &Scratch) -> Result<Self> {
+        let on_gpu = !scratch.device.is_cpu();
+        let bytes = (c * h * w) as u64
+            * if on_gpu {
+                scratch.dtype.size_in_bytes() as u64
+            } else {
+                4
+            };
+        let (place, held) = match scratch.take(bytes) {
+            true if on_gpu => (Place::Device(Vec::new()), bytes),
+            true => (Place::Ram(vec![0f32; c * h * w]), bytes),
+            false => (Place::File(scratch_file((c * h * w * 4) as u64)?), 0),
+        };
+        Ok(Self {
+            c,
+            h,
+            w,
+            place,
+            scratch: scratch.clone(),
+            held,
+        })
     }
 
     /// A whole tensor (1, C, H, W) as a store.
-    pub fn from_tensor(t: &Tensor) -> Result<Self> {
+    pub fn from_tensor(t: &Tensor, scratch: &Scratch) -> Result<Self> {
         let (_, c, h, w) = t.dims4()?;
-        let mut s = Self::new(c, h, w)?;
-        s.write(0, 0, t)?;
+        let mut s = Self::new(c, h, w, scratch)?;
+        s.write_rows(0, t)?;
         Ok(s)
     }
 
-    /// Write a (1, C, h, w) tile with its top-left corner at (y, x).
-    pub fn write(&mut self, y: usize, x: usize, t: &Tensor) -> Result<()> {
-        let (_, c, h, w) = t.dims4()?;
-        debug_assert_eq!(c, self.c);
-        let hwc: Vec<f32> = t
-            .squeeze(0)?
-            .permute((1, 2, 0))?
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
-        for (row, values) in hwc.chunks_exact(w * c).enumerate().take(h) {
-            let offset = (((y + row) * self.w + x) * c * 4) as u64;
-            self.file
-                .write_all_at(bytemuck::cast_slice(values), offset)
-                .map_err(io)?;
+    /// Write whole rows (1, C, rows, W) from row `y`.
+    pub fn write_rows(&mut self, y: usize, t: &Tensor) -> Result<()> {
+        let (_, c, rows, w) = t.dims4()?;
+        debug_assert_eq!((c, w), (self.c, self.w));
+        let (h, w_) = (self.h, self.w);
+        match &mut self.place {
+            Place::Device(bands) => bands.push((y, t.clone())),
+            Place::Ram(data) => {
+                let src: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                for (ch, plane) in src.chunks_exact(rows * w).enumerate() {
+                    let at = ch * h * w_ + y * w_;
+                    data[at..at + rows * w].copy_from_slice(plane);
+                }
+            }
+            Place::File(file) => {
+                let hwc: Vec<f32> = t
+                    .to_dtype(DType::F32)?
+                    .squeeze(0)?
+                    .permute((1, 2, 0))?
+                    .flatten_all()?
+                    .to_vec1()?;
+                let offset = (y * w_ * self.c * 4) as u64;
+                file.write_all_at(bytemuck::cast_slice(&hwc), offset)
+                    .map_err(io)?;
+            }
         }
         Ok(())
     }
 
-    /// Read rows × cols (clipped by the caller to the image) as (1, C, h, w).
-    pub fn read(&self, rows: Range<usize>, cols: Range<usize>) -> Result<Tensor> {
-        let (h, w, c) = (rows.len(), cols.len(), self.c);
-        let mut data = vec![0f32; h * w * c];
-        for (y, values) in rows.zip(data.chunks_exact_mut(w * c)) {
-            let offset = ((y * self.w + cols.start) * c * 4) as u64;
-            self.file
-                .read_exact_at(bytemuck::cast_slice_mut(values), offset)
-                .map_err(io)?;
+    /// Rows `rows` of every channel as (1, C, rows, W), on the pass's device and dtype.
+    pub fn read_rows(&self, rows: Range<usize>) -> Result<Tensor> {
+        let stored = self.read_stored(rows)?;
+        stored
+            .to_device(&self.scratch.device)?
+            .to_dtype(self.scratch.dtype)
+    }
+
+    fn read_stored(&self, rows: Range<usize>) -> Result<Tensor> {
+        let (n, w, c) = (rows.len(), self.w, self.c);
+        match &self.place {
+            Place::Device(bands) => {
+                let parts = bands
+                    .iter()
+                    .filter_map(|(y, t)| {
+                        let (a, b) = (rows.start.max(*y), rows.end.min(y + t.dim(2).ok()?));
+                        (a < b).then(|| t.narrow(2, a - y, b - a))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 2)
+            }
+            Place::Ram(data) => {
+                let mut out = Vec::with_capacity(c * n * w);
+                for ch in 0..c {
+                    let at = ch * self.h * w + rows.start * w;
+                    out.extend_from_slice(&data[at..at + n * w]);
+                }
+                Tensor::from_vec(out, (1, c, n, w), &host())
+            }
+            Place::File(file) => {
+                let mut data = vec![0f32; n * w * c];
+                let offset = (rows.start * w * c * 4) as u64;
+                file.read_exact_at(bytemuck::cast_slice_mut(&mut data), offset)
+                    .map_err(io)?;
+                Tensor::from_vec(data, (n, w, c), &host())?
+                    .permute((2, 0, 1))?
+                    .unsqueeze(0)?
+                    .contiguous()
+            }
         }
-        Tensor::from_vec(data, (h, w, c), &host())?
-            .permute((2, 0, 1))?
-            .unsqueeze(0)?
-            .contiguous()
     }
 
     pub fn read_all(&self) -> Result<Tensor> {
-        self.read(0..self.h, 0..self.w)
+        self.read_rows(0..self.h)
     }
 }

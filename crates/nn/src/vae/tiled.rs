@@ -1,47 +1,45 @@
-//! The tiled executor of a VAE program: decode and encode any size at the memory of one tile,
-//! equal to the whole-image executor up to float rounding.
+//! The tiled executor of a VAE program: decode and encode any size at the memory of one band
+//! of rows, equal to the whole-image executor up to float rounding.
 //!
-//! The program runs layer-synchronously: each convolution segment sweeps over output tiles,
-//! reading its input tile plus the halo its kernel needs from a whole-image [`Store`] (a
-//! scratch file) and writing its output tile to the next store. Every GroupNorm therefore
-//! normalises with the statistics of the *whole* image — pooled from per-tile sums as the
-//! previous segment wrote its tiles — so tiles share one normalisation (no tone shift) and every
-//! pixel sees its true neighbourhood (no seam, no blending needed). The mid-block attention is
-//! computed exactly over all pixels: keys and values go to stores, and each query tile streams
-//! over them with an online softmax.
+//! The program runs layer-synchronously: each convolution sweeps over bands of whole rows,
+//! reading its input band plus the halo rows its kernel needs from a whole-image [`Store`]
+//! (RAM while the scratch budget allows, else a file) and writing its output band to the next
+//! store. Every GroupNorm therefore normalises with the statistics of the *whole* image —
+//! pooled from per-band sums as the previous layer wrote its bands — so bands share one
+//! normalisation (no tone shift) and every pixel sees its true neighbourhood (no seam, no
+//! blending). The mid-block attention is exact over all pixels: its keys and values are
+//! gathered once, band by band, and every band of queries attends to all of them.
 
 use super::program::{AttentionBlock, Op, Sampling};
-use super::store::Store;
+use super::store::{Scratch, Store};
 use super::{Decoder, Encoder, LatentDist};
-use crate::layers::{Conv2d, GroupNorm, GroupStats, OnlineSoftmax, ResnetBlock};
-use candle_core::{Module, Result, Tensor};
-use tessera_core::geometry;
+use crate::kernels::{self, flash};
+use crate::layers::{heads, Affine, Conv2d, Fused, GroupStats, ResnetBlock};
+use candle_core::{Result, Tensor};
+use std::ops::Range;
 
-/// Side of the square output tiles for a layer at `h` rows when the image has `image_h` rows.
+/// Band heights: a band covers the share of its layer that a `tile_px` square covers of the
+/// full-resolution image.
 struct Tiling {
     tile_px: usize,
-    image_h: usize,
-    groups: usize,
+    image: (usize, usize),
 }
 
 impl Tiling {
-    fn side(&self, h: usize) -> usize {
-        (self.tile_px * h / self.image_h).max(8)
+    fn rows(&self, h: usize, w: usize) -> usize {
+        let (ih, iw) = self.image;
+        let area = self.tile_px * self.tile_px * h * w / (ih * iw).max(1);
+        (area / w.max(1)).clamp(1, h)
     }
 }
 
-/// One convolution over the whole image, tile by tile: optional GroupNorm (with whole-image
-/// statistics) + SiLU before, optional residual after. Returns the output and its statistics.
+/// One convolution over the whole image, band by band: optional GroupNorm (with whole-image
+/// statistics) + SiLU before, optional residual after.
 struct Segment<'a> {
-    pre: Option<(&'a GroupNorm, &'a GroupStats)>,
+    pre: Option<Affine>,
     conv: &'a Conv2d,
     kind: Sampling,
     residual: Option<(&'a Store, Option<&'a Conv2d>)>,
-}
-
-/// Zero-pad `x` by (top, bottom, left, right).
-fn pad(x: &Tensor, t: usize, b: usize, l: usize, r: usize) -> Result<Tensor> {
-    x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)
 }
 
 impl Segment<'_> {
@@ -53,21 +51,15 @@ impl Segment<'_> {
         }
     }
 
-    /// Input rows needed for output rows `r` (clipped) and the zero padding before/after.
-    fn input_span(
-        &self,
-        r: std::ops::Range<usize>,
-        n: usize,
-    ) -> (std::ops::Range<usize>, usize, usize) {
+    /// Input rows needed for output rows `r` (clipped to `0..n`) and the zero rows to pad
+    /// before and after.
+    fn input_rows(&self, r: Range<usize>, n: usize) -> (Range<usize>, usize, usize) {
         match self.kind {
             Sampling::Point => (r, 0, 0),
             Sampling::Same => {
                 let (a, b) = (r.start as isize - 1, r.end + 1);
-                (
-                    a.max(0) as usize..b.min(n),
-                    (a < 0) as usize,
-                    (b > n) as usize,
-                )
+                let range = a.max(0) as usize..b.min(n);
+                (range, (a < 0) as usize, (b > n) as usize)
             }
             Sampling::Down2 => {
                 let (a, b) = (2 * r.start, 2 * r.end + 1);
@@ -83,134 +75,169 @@ impl Segment<'_> {
         }
     }
 
-    fn tile(
-        &self,
-        input: &Store,
-        rows: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
-    ) -> Result<Tensor> {
-        let (ir, pt, pb) = self.input_span(rows.clone(), input.h);
-        let (ic, pl, pr) = self.input_span(cols.clone(), input.w);
-        let mut x = input.read(ir.clone(), ic.clone())?;
-        if let Some((norm, stats)) = self.pre {
-            x = candle_nn::ops::silu(&norm.forward_with(&x, stats)?)?;
-        }
-        let y = match self.kind {
-            Sampling::Point => self.conv.forward_unpadded(&x)?,
-            Sampling::Same => self.conv.forward_unpadded(&pad(&x, pt, pb, pl, pr)?)?,
-            Sampling::Down2 => self.conv.forward_unpadded(&pad(&x, 0, pb, 0, pr)?)?,
-            Sampling::Up2 => {
-                let (_, _, h, w) = x.dims4()?;
-                let up = x.upsample_nearest2d(2 * h, 2 * w)?;
-                // Crop the upsampled rows to [rows.start-1, rows.end+1) within the image.
-                let top = (rows.start.saturating_sub(1)) - 2 * ir.start;
-                let left = (cols.start.saturating_sub(1)) - 2 * ic.start;
-                let uh = rows.len() + 2 - pt - pb;
-                let uw = cols.len() + 2 - pl - pr;
-                let up = up.narrow(2, top, uh)?.narrow(3, left, uw)?;
-                self.conv.forward_unpadded(&pad(&up, pt, pb, pl, pr)?)?
-            }
-        };
-        match self.residual {
-            None => Ok(y),
-            Some((skip, shortcut)) => {
-                let s = skip.read(rows, cols)?;
-                let s = match shortcut {
+    fn band(&self, input: &Store, rows: Range<usize>) -> Result<Tensor> {
+        let (ir, pt, pb) = self.input_rows(rows.clone(), input.h);
+        let x = input.read_rows(ir.clone())?;
+        let shortcut;
+        let residual = match self.residual {
+            None => None,
+            Some((skip, conv)) => {
+                let s = skip.read_rows(rows.clone())?;
+                shortcut = match conv {
                     Some(c) => c.forward_unpadded(&s)?,
                     None => s,
                 };
-                s + y
+                Some(&shortcut)
+            }
+        };
+        let fused = |padding| Fused {
+            pre: self.pre.as_ref(),
+            residual,
+            padding: Some(padding),
+            ..Default::default()
+        };
+        match self.kind {
+            Sampling::Point => self.conv.forward_fused(&x, fused((0, 0, 0, 0))),
+            Sampling::Same => self.conv.forward_fused(&x, fused((pt, pb, 1, 1))),
+            Sampling::Down2 => self.conv.forward_fused(&x, fused((0, pb, 0, 1))),
+            Sampling::Up2 => {
+                let x = match &self.pre {
+                    Some(a) => a.apply(&x)?,
+                    None => x,
+                };
+                let (_, _, h, w) = x.dims4()?;
+                // The upsampled rows [rows.start-1, rows.end+1) within the image.
+                let top = rows.start.saturating_sub(1) - 2 * ir.start;
+                let uh = rows.len() + 2 - pt - pb;
+                let up = x.upsample_nearest2d(2 * h, 2 * w)?.narrow(2, top, uh)?;
+                let fused = Fused {
+                    residual,
+                    padding: Some((pt, pb, 1, 1)),
+                    ..Default::default()
+                };
+                self.conv.forward_fused(&up.contiguous()?, fused)
             }
         }
     }
 
-    fn run(&self, input: &Store, t: &Tiling) -> Result<(Store, GroupStats)> {
+    fn run(&self, input: &Store, t: &Tiling, scratch: &Scratch) -> Result<(Store, GroupStats)> {
         let (h, w) = self.out_dims(input.h, input.w);
         let c = self.conv.out_channels();
-        let mut out = Store::new(c, h, w)?;
-        let mut stats = GroupStats::new(t.groups);
-        // Outputs that feed no GroupNorm (image, latent parameters) have no group statistics.
-        let normed = c.is_multiple_of(t.groups);
-        let side = t.side(h);
-        for r in geometry::partition_grid(h, w, side) {
+        let mut out = Store::new(c, h, w, scratch)?;
+        let mut stats = GroupStats::new(c);
+        let rows = t.rows(h, w);
+        for r0 in (0..h).step_by(rows) {
             tessera_core::interrupt::check_candle()?;
-            let y = self.tile(input, r.y..r.y + r.h, r.x..r.x + r.w)?;
-            if normed {
-                stats.add(&y)?;
-            }
-            out.write(r.y, r.x, &y)?;
+            let y = self.band(input, r0..(r0 + rows).min(h))?;
+            stats.add(&y)?;
+            out.write_rows(r0, &y)?;
         }
         Ok((out, stats))
     }
 }
 
-fn resnet(r: &ResnetBlock, x: &Store, sx: &GroupStats, t: &Tiling) -> Result<(Store, GroupStats)> {
+fn resnet(
+    r: &ResnetBlock,
+    x: &Store,
+    sx: &GroupStats,
+    t: &Tiling,
+    scratch: &Scratch,
+) -> Result<(Store, GroupStats)> {
     let seg1 = Segment {
-        pre: Some((&r.norm1, sx)),
+        pre: Some(r.norm1.affine_with(sx, true)),
         conv: &r.conv1,
         kind: Sampling::Same,
         residual: None,
     };
-    let (h, sh) = seg1.run(x, t)?;
+    let (h, sh) = seg1.run(x, t, scratch)?;
     let seg2 = Segment {
-        pre: Some((&r.norm2, &sh)),
+        pre: Some(r.norm2.affine_with(&sh, true)),
         conv: &r.conv2,
         kind: Sampling::Same,
         residual: Some((x, r.shortcut.as_ref())),
     };
-    seg2.run(&h, t)
+    seg2.run(&h, t, scratch)
 }
 
-/// Exact softmax attention over all pixels, one query tile at a time, keys streamed in row
-/// bands through the shared online softmax.
+/// A band (1, C, r, w) as tokens (r·w, C).
+fn tokens(band: &Tensor) -> Result<Tensor> {
+    let (_, c, h, w) = band.dims4()?;
+    band.reshape((c, h * w))?.t()?.contiguous()
+}
+
+/// Exact softmax attention over all pixels: keys and values gathered once, band by band;
+/// then every band of queries attends to all of them.
 fn attention(
     a: &AttentionBlock,
     x: &Store,
     sx: &GroupStats,
     t: &Tiling,
+    scratch: &Scratch,
 ) -> Result<(Store, GroupStats)> {
     let (c, h, w) = (x.c, x.h, x.w);
-    let side = t.side(h);
-    let tokens = |img: &Tensor| -> Result<Tensor> {
-        let (_, c, h, w) = img.dims4()?;
-        img.reshape((c, h * w))?.t()?.contiguous()
-    };
-    let (mut keys, mut values) = (Store::new(c, h, w)?, Store::new(c, h, w)?);
-    let grid = geometry::partition_grid(h, w, side);
-    for r in &grid {
-        let n = a
-            .norm
-            .forward_with(&x.read(r.y..r.y + r.h, r.x..r.x + r.w)?, sx)?;
-        let toks = tokens(&n)?;
-        let as_img = |m: Tensor| m.t()?.reshape((1, c, r.h, r.w));
-        keys.write(r.y, r.x, &as_img(a.k.forward(&toks)?)?)?;
-        values.write(r.y, r.x, &as_img(a.v.forward(&toks)?)?)?;
-    }
-    let band = (side * side / w).clamp(1, h);
-    let mut out = Store::new(c, h, w)?;
-    let mut stats = GroupStats::new(t.groups);
-    for r in &grid {
-        tessera_core::interrupt::check_candle()?;
-        let xt = x.read(r.y..r.y + r.h, r.x..r.x + r.w)?;
-        let q = (a.q.forward(&tokens(&a.norm.forward_with(&xt, sx)?)?)? * a.scale()?)?;
-        let mut softmax = OnlineSoftmax::new(q, c)?;
-        for y0 in (0..h).step_by(band) {
-            let y1 = (y0 + band).min(h);
-            let k = tokens(&keys.read(y0..y1, 0..w)?)?;
-            let v = tokens(&values.read(y0..y1, 0..w)?)?;
-            softmax.add(&k, &v)?;
+    let norm = a.norm.affine_with(sx, false);
+    let rows = t.rows(h, w);
+    let bands: Vec<Range<usize>> = (0..h)
+        .step_by(rows)
+        .map(|r0| r0..(r0 + rows).min(h))
+        .collect();
+    let normed_tokens = |r: &Range<usize>| tokens(&norm.apply(&x.read_rows(r.clone())?)?);
+    let scale = a.scale()? as f32;
+    let flash = flash::applies() && kernels::usable(&x.read_rows(0..1)?);
+    // Keys and values of every pixel, held once.
+    let mut keys = flash.then(|| flash::Keys::new(c, h * w, scale));
+    let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
+    for r in &bands {
+        let toks = normed_tokens(r)?;
+        let (k, v) = (a.k.forward(&toks)?, a.v.forward(&toks)?);
+        match &mut keys {
+            Some(keys) => kernels::with_f32(&k, |ks| {
+                kernels::with_f32(&v, |vs| {
+                    for (j, (kr, vr)) in ks.chunks(c).zip(vs.chunks(c)).enumerate() {
+                        keys.set(r.start * w + j, kr, vr);
+                    }
+                })
+            })??,
+            None => {
+                all_k.push(k);
+                all_v.push(v);
+            }
         }
-        let y = a.out.forward(&softmax.finish()?)?;
-        let y = (y.t()?.reshape((1, c, r.h, r.w))? + xt)?;
+    }
+    let held = match keys {
+        Some(_) => None,
+        None => Some((
+            Tensor::cat(&all_k, 0)?.unsqueeze(0)?,
+            Tensor::cat(&all_v, 0)?.unsqueeze(0)?,
+        )),
+    };
+    let mut out = Store::new(c, h, w, scratch)?;
+    let mut stats = GroupStats::new(c);
+    for r in &bands {
+        tessera_core::interrupt::check_candle()?;
+        let xb = x.read_rows(r.clone())?;
+        let q = a.q.forward(&tokens(&norm.apply(&xb)?)?)?;
+        let n = q.dim(0)?;
+        let attended = match (&keys, &held) {
+            (Some(keys), _) => kernels::with_f32(&q, |qs| {
+                kernels::new_f32((n, c), |o| keys.attend_all(qs, o))
+            })??,
+            (None, Some((k, v))) => {
+                heads(&q.unsqueeze(0)?, k, v, 1, scale as f64, 64 << 20)?.squeeze(0)?
+            }
+            (None, None) => unreachable!("keys are held one way or the other"),
+        };
+        let y = a.out.forward(&attended)?;
+        let y = (y.t()?.reshape((1, c, r.len(), w))? + xb)?;
         stats.add(&y)?;
-        out.write(r.y, r.x, &y)?;
+        out.write_rows(r.start, &y)?;
     }
     Ok((out, stats))
 }
 
-/// Run a program tile by tile from `input`; returns the last store.
-fn run(ops: &[Op], input: &Tensor, groups: usize, tile_px: usize) -> Result<Store> {
-    let (_, _, h, _) = input.dims4()?;
+/// Run a program band by band from `input`; returns the last store.
+fn run(ops: &[Op], input: &Tensor, tile_px: usize, scratch: Option<u64>) -> Result<Store> {
+    let (_, _, h, w) = input.dims4()?;
     let upsamplings = ops
         .iter()
         .filter(|op| {
@@ -225,10 +252,10 @@ fn run(ops: &[Op], input: &Tensor, groups: usize, tile_px: usize) -> Result<Stor
         .count();
     let t = Tiling {
         tile_px,
-        image_h: h << upsamplings,
-        groups,
+        image: (h << upsamplings, w << upsamplings),
     };
-    let mut x = Store::from_tensor(input)?;
+    let scratch = Scratch::new(scratch, input);
+    let mut x = Store::from_tensor(input, &scratch)?;
     // Statistics of `x`, gathered as it was written (none for the input).
     let mut sx: Option<GroupStats> = None;
     for op in ops {
@@ -244,7 +271,7 @@ fn run(ops: &[Op], input: &Tensor, groups: usize, tile_px: usize) -> Result<Stor
                 sampling,
             } => {
                 let pre = match pre {
-                    Some(norm) => Some((norm, stats_of_input()?)),
+                    Some(norm) => Some(norm.affine_with(stats_of_input()?, true)),
                     None => None,
                 };
                 let seg = Segment {
@@ -253,24 +280,30 @@ fn run(ops: &[Op], input: &Tensor, groups: usize, tile_px: usize) -> Result<Stor
                     kind: *sampling,
                     residual: None,
                 };
-                seg.run(&x, &t)?
+                seg.run(&x, &t, &scratch)?
             }
-            Op::Resnet(r) => resnet(r, &x, stats_of_input()?, &t)?,
-            Op::Attention(a) => attention(a, &x, stats_of_input()?, &t)?,
+            Op::Resnet(r) => resnet(r, &x, stats_of_input()?, &t, &scratch)?,
+            Op::Attention(a) => attention(a, &x, stats_of_input()?, &t, &scratch)?,
         };
         (x, sx) = (y, Some(sy));
     }
     Ok(x)
 }
 
-/// Decode `z` (1, L, h, w), already divided by the scaling factor, in tiles of about
-/// `tile_px` image pixels. Equals [`Decoder::forward`] up to float rounding.
-pub fn decode(dec: &Decoder, z: &Tensor, tile_px: usize) -> Result<Tensor> {
-    run(&dec.ops, z, dec.groups, tile_px)?.read_all()
+/// Decode `z` (1, L, h, w), already divided by the scaling factor, in bands covering about
+/// `tile_px`² image pixels, with at most `scratch` bytes of whole-image activations in RAM
+/// (`None`: all). Equals [`Decoder::forward`] up to float rounding.
+pub fn decode(dec: &Decoder, z: &Tensor, tile_px: usize, scratch: Option<u64>) -> Result<Tensor> {
+    run(&dec.ops, z, tile_px, scratch)?.read_all()
 }
 
-/// Encode `image` (1, 3, H, W) in [-1, 1] in tiles of about `tile_px` pixels. Equals
-/// [`Encoder::forward`] up to float rounding.
-pub fn encode(enc: &Encoder, image: &Tensor, tile_px: usize) -> Result<LatentDist> {
-    LatentDist::from_parameters(&run(&enc.ops, image, enc.groups, tile_px)?.read_all()?)
+/// Encode `image` (1, 3, H, W) in [-1, 1] in bands, as [`decode`]. Equals [`Encoder::forward`]
+/// up to float rounding.
+pub fn encode(
+    enc: &Encoder,
+    image: &Tensor,
+    tile_px: usize,
+    scratch: Option<u64>,
+) -> Result<LatentDist> {
+    LatentDist::from_parameters(&run(&enc.ops, image, tile_px, scratch)?.read_all()?)
 }

@@ -2,7 +2,7 @@
 
 use super::types::*;
 use std::path::{Path, PathBuf};
-use tessera_core::choices::{Precision, SchedulerKind};
+use tessera_core::choices::{DeviceChoice, Precision, SchedulerKind};
 use tessera_core::geometry::Rect;
 use tessera_core::{Error, Result};
 
@@ -65,6 +65,16 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
             )
         })?,
     };
+    let device = match o.device.as_ref().or(c.device.as_ref()) {
+        None => DeviceChoice::default(),
+        Some(name) => DeviceChoice::from_name(name).ok_or_else(|| {
+            bad(
+                "canvas.device",
+                format!("unknown device {name:?}"),
+                &format!("use one of: {}", DeviceChoice::NAMES.join(", ")),
+            )
+        })?,
+    };
     let background = match (&spec.prompt, &o.prompt) {
         // A spec with regions and no [prompt] denoises only its regions (reference semantics).
         (None, None) if !spec.regions.is_empty() => None,
@@ -113,6 +123,7 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         steps,
         scheduler,
         precision,
+        device,
         stream_weights: o.stream_weights || c.stream_weights.unwrap_or(false),
         attention_budget: match o.attention_mib.or(c.attention_mib) {
             Some(0) => {
@@ -136,6 +147,7 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
             None => None,
         },
         keep_decoder: true,
+        vae_scratch: None,
         background,
         regions,
         tiles,

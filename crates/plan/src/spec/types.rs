@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use tessera_core::choices::{Precision, SchedulerKind};
+use tessera_core::choices::{DeviceChoice, Precision, SchedulerKind};
 use tessera_core::geometry::{Mask, Rect};
 use tessera_core::{Error, Result};
 
@@ -32,6 +32,8 @@ pub struct CanvasTable {
     pub steps: Option<usize>,
     pub scheduler: Option<String>,
     pub dtype: Option<String>,
+    /// "cpu", "cuda", "cuda:N", "metal" or "auto" (the first GPU of the build, else the CPU).
+    pub device: Option<String>,
     /// Stream UNet weights stage by stage from disk (low-RAM runs).
     pub stream_weights: Option<bool>,
     /// MiB of attention scores (and feed-forward state) alive at once.
@@ -122,6 +124,7 @@ pub struct Overrides {
     pub scheduler: Option<String>,
     pub seed: Option<u64>,
     pub dtype: Option<String>,
+    pub device: Option<String>,
     pub init_noise: Option<PathBuf>,
     pub save_latents: Option<PathBuf>,
     pub vae_tile: Option<usize>,
@@ -201,6 +204,7 @@ pub struct Settings {
     /// `None`: the scheduler named by the model folder's `scheduler_config.json`.
     pub scheduler: Option<SchedulerKind>,
     pub precision: Precision,
+    pub device: DeviceChoice,
     /// Load each UNet stage from disk right before it runs (output is bit-identical).
     pub stream_weights: bool,
     /// Bytes of attention scores (and feed-forward state) alive at once.
@@ -210,6 +214,9 @@ pub struct Settings {
     /// Keep the VAE decoder loaded from the guide decode to the final decode (true unless a
     /// memory budget needs its weights free during the canvas pass).
     pub keep_decoder: bool,
+    /// Bytes of the tiled VAE's whole-image scratch kept in RAM, the rest in files (`None`:
+    /// all in RAM; a memory budget gives it what the estimate leaves free).
+    pub vae_scratch: Option<u64>,
     /// The global prompt; `None` when a spec has regions and no `[prompt]`.
     pub background: Option<TextPrompt>,
     pub regions: Vec<Region>,

@@ -27,6 +27,7 @@ impl Settings {
                 steps: Some(self.steps),
                 scheduler: Some(scheduler.name().to_string()),
                 dtype: Some(self.precision.name().to_string()),
+                device: Some(self.device.name()),
                 stream_weights: Some(self.stream_weights),
                 attention_mib: Some(self.attention_budget >> 20),
                 max_memory: None,

@@ -1,0 +1,139 @@
+//! Throughput of the kernels on the shapes SD 1.5 gives them, for `tessera bench kernels`
+//! (where the time of a UNet step goes, before and after a change).
+
+use super::{attention, conv, gemm};
+use std::time::Instant;
+
+/// One measured shape: what, GFLOP per run, seconds per run.
+pub struct Figure {
+    pub what: String,
+    pub gflop: f64,
+    pub seconds: f64,
+}
+
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let runs = 3;
+    let t = Instant::now();
+    for _ in 0..runs {
+        f();
+    }
+    t.elapsed().as_secs_f64() / runs as f64
+}
+
+fn values(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect()
+}
+
+/// Time the kernels on SD 1.5's shapes at a 512 px window (latent 64x64, batch 1).
+pub fn run() -> Vec<Figure> {
+    let mut out = Vec::new();
+    for (m, n, k, what) in [
+        (320, 4096, 2880, "gemm conv 3x3 320->320 @64²"),
+        (1280, 64, 11520, "gemm conv 3x3 1280->1280 @8²"),
+        (4096, 320, 320, "gemm linear 4096x320x320"),
+        (4096, 2560, 320, "gemm linear GEGLU 4096x2560x320"),
+        (64, 4096, 40, "gemm attention QKᵀ 64x4096x40"),
+        (64, 40, 4096, "gemm attention PV 64x40x4096"),
+    ] {
+        let (a, b) = (values(m * k), values(k * n));
+        let mut c = vec![0f32; m * n];
+        let seconds = time(|| unsafe {
+            gemm::sgemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                n,
+                false,
+                gemm::View::rows(&a, k),
+                gemm::View::rows(&b, n),
+                1.0,
+            )
+        });
+        out.push(Figure {
+            what: what.into(),
+            gflop: 2.0 * (m * n * k) as f64 / 1e9,
+            seconds,
+        });
+    }
+    let mut scores = values(256 * 4096);
+    let seconds = time(|| scores.chunks_mut(4096).for_each(super::math::softmax_row));
+    out.push(Figure {
+        what: "softmax 256 rows of 4096 (1 thread)".into(),
+        gflop: 256.0 * 4096.0 / 1e9,
+        seconds,
+    });
+    let mut xs = values(256 * 4096);
+    let seconds = time(|| super::math::silu_inplace(&mut xs));
+    out.push(Figure {
+        what: "silu 1M values (1 thread)".into(),
+        gflop: 256.0 * 4096.0 / 1e9,
+        seconds,
+    });
+    let (cin, cout, h, w) = (320, 320, 64, 64);
+    let x = values(cin * h * w);
+    let weight = values(cout * cin * 9);
+    let mut y = vec![0f32; cout * h * w];
+    let g = conv::Geometry {
+        k: 3,
+        stride: 1,
+        pad: (1, 1, 1, 1),
+    };
+    let seconds = time(|| {
+        let input = conv::Input {
+            sources: vec![(&x, cin)],
+            h,
+            w,
+            upsample: false,
+            pre: None,
+        };
+        conv::conv2d(&input, &weight, cout, g, conv::Init::default(), &mut y)
+    });
+    out.push(Figure {
+        what: "conv 3x3 320->320 @64² (chosen path)".into(),
+        gflop: 2.0 * (cout * cin * 9 * h * w) as f64 / 1e9,
+        seconds,
+    });
+    let seconds = time(|| {
+        let input = conv::Input {
+            sources: vec![(&x, cin)],
+            h,
+            w,
+            upsample: false,
+            pre: None,
+        };
+        conv::im2col_gemm(&input, &weight, cout, g, conv::Init::default(), &mut y)
+    });
+    out.push(Figure {
+        what: "conv 3x3 320->320 @64² (im2col + gemm)".into(),
+        gflop: 2.0 * (cout * cin * 9 * h * w) as f64 / 1e9,
+        seconds,
+    });
+    let s = attention::Shape {
+        batch: 1,
+        n: 4096,
+        m: 4096,
+        heads: 8,
+        d: 40,
+    };
+    let (q, kk, v) = (values(4096 * 320), values(4096 * 320), values(4096 * 320));
+    let mut o = vec![0f32; 4096 * 320];
+    let seconds = time(|| attention::attention(&q, &kk, &v, s, 0.158, 256 << 20, &mut o));
+    out.push(Figure {
+        what: "self-attention 4096 tokens, 8x40 (gemm blocks)".into(),
+        gflop: 4.0 * 4096.0 * 4096.0 * 320.0 / 1e9,
+        seconds,
+    });
+    if super::flash::applies() {
+        let seconds = time(|| super::flash::attention(&q, &kk, &v, s, 0.158, &mut o));
+        out.push(Figure {
+            what: "self-attention 4096 tokens, 8x40 (flash)".into(),
+            gflop: 4.0 * 4096.0 * 4096.0 * 320.0 / 1e9,
+            seconds,
+        });
+    }
+    out
+}

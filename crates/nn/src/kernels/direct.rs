@@ -1,0 +1,202 @@
+//! Direct convolution for stride-1 convolutions on CPUs with AVX-512: no im2col. The input is
+//! laid out once, zero-padded, with its pre-op applied, concatenation and upsampling resolved
+//! (one pass), row-major by (row, channel) so that the rows a tile reads follow each other in
+//! memory as it walks the channels; then each task computes tiles of 6 output channels x 64
+//! pixels of a row in 24 vector accumulators, looping over input channels and kernel taps: per
+//! tap 4 vector loads, 6 weight broadcasts (read from the weights as stored,
+//! `[cout, cin, k, k]`), 24 FMAs. The bias, the per-channel term and the residual are added as
+//! the tile is stored.
+//!
+//! Measured on a 2-core Xeon (Cascade Lake, AVX-512): 3x3 320->320 at 64x64 in N s, against
+//! M s for im2col + gemm (see `tessera bench kernels`).
+
+#[cfg(target_arch = "x86_64")]
+use super::SharedOut;
+use std::arch::x86_64::*;
+
+use super::conv::{Geometry, Init, Input};
+use rayon::prelude::*;
+
+/// Output channels per tile.
+const OC: usize = 6;
+/// Vectors of 16 pixels per tile.
+const NV: usize = 4;
+
+/// Whether the direct kernel can run this convolution on this CPU.
+pub fn applies(g: &Geometry, wo: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        g.stride == 1 && wo >= 16 && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (g, wo);
+        false
+    }
+}
+
+/// The input as the kernel reads it: `(hp, cin, wp)`, zero-padded, pre-op applied.
+fn lay_out(input: &Input, g: &Geometry, wp: usize, buf: &mut [f32]) {
+    let (hs, ws) = (input.h, input.w);
+    let (hl, wl) = input.dims();
+    let up = usize::from(input.upsample);
+    let (pt, _, pl, _) = g.pad;
+    let mut planes: Vec<&[f32]> = Vec::new();
+    for (src, c) in &input.sources {
+        planes.extend(src.chunks(hs * ws).take(*c));
+    }
+    let cin = planes.len();
+    buf.par_chunks_mut(cin * wp)
+        .enumerate()
+        .for_each(|(yp, rows)| {
+            let pre = input.pre.is_some();
+            for (c, (row, src)) in rows.chunks_mut(wp).zip(&planes).enumerate() {
+                let (scale, shift, silu) = match input.pre {
+                    Some(p) => (p.scale[c], p.shift[c], p.silu),
+                    None => (1.0, 0.0, false),
+                };
+                let yl = yp as isize - pt as isize;
+                if yl < 0 || yl >= hl as isize {
+                    row.fill(0.0);
+                    continue;
+                }
+                let line = &src[(yl as usize >> up) * ws..][..ws];
+                row[..pl].fill(0.0);
+                let body = &mut row[pl..pl + wl];
+                match up {
+                    0 => body.copy_from_slice(line),
+                    _ => body
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(x, o)| *o = line[x >> 1]),
+                }
+                if pre {
+                    super::math::affine_inplace(body, scale, shift, silu);
+                }
+                row[pl + wl..].fill(0.0);
+            }
+        });
+}
+
+/// Convolve one batch item with the direct kernel (see [`applies`]); `out` is `(cout, ho, wo)`.
+pub fn conv2d(
+    input: &Input,
+    weight: &[f32],
+    cout: usize,
+    g: Geometry,
+    init: Init,
+    out: &mut [f32],
+) {
+    let cin = input.channels();
+    let (ho, wo) = g.out_dims(input.dims());
+    let nvec = wo.div_ceil(16);
+    let (hp, wp) = (ho + g.k - 1, nvec * 16 + g.k - 1);
+    // `lay_out` writes every element.
+    let mut padded = super::unfilled(cin * hp * wp);
+    lay_out(input, &g, wp, &mut padded);
+    let blocks = cout.div_ceil(OC);
+    let out_ptr = SharedOut::new(out);
+    (0..ho * blocks).into_par_iter().for_each(|task| {
+        let (y, b) = (task / blocks, task % blocks);
+        let oc0 = b * OC;
+        let noc = OC.min(cout - oc0);
+        for x0 in (0..nvec * 16).step_by(NV * 16) {
+            let nv = NV.min(nvec - x0 / 16);
+            let tile = Tile {
+                padded: &padded,
+                wp,
+                cin,
+                weight,
+                y,
+                x0,
+                oc0,
+                noc,
+                wo,
+                ho,
+            };
+            // SAFETY: `applies` checked AVX-512F; the tile writes output channels oc0..+noc,
+            // row y, columns x0.. (masked to wo): no other task writes them.
+            unsafe {
+                match (g.k, nv) {
+                    (3, 4) => tile.run::<3, 4>(init, out_ptr.ptr()),
+                    (3, 3) => tile.run::<3, 3>(init, out_ptr.ptr()),
+                    (3, 2) => tile.run::<3, 2>(init, out_ptr.ptr()),
+                    (3, _) => tile.run::<3, 1>(init, out_ptr.ptr()),
+                    (_, 4) => tile.run::<1, 4>(init, out_ptr.ptr()),
+                    (_, 3) => tile.run::<1, 3>(init, out_ptr.ptr()),
+                    (_, 2) => tile.run::<1, 2>(init, out_ptr.ptr()),
+                    _ => tile.run::<1, 1>(init, out_ptr.ptr()),
+                }
+            };
+        }
+    });
+}
+
+struct Tile<'a> {
+    padded: &'a [f32],
+    wp: usize,
+    cin: usize,
+    weight: &'a [f32],
+    y: usize,
+    x0: usize,
+    oc0: usize,
+    noc: usize,
+    wo: usize,
+    ho: usize,
+}
+
+impl Tile<'_> {
+    /// The tile of a `K` x `K` kernel with `V` vectors of 16 pixels.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run<const K: usize, const V: usize>(&self, init: Init, out: *mut f32) {
+        let mut acc = [[_mm512_setzero_ps(); V]; OC];
+        let kk = K * K;
+        let wstride = self.cin * kk;
+        let row_pitch = self.cin * self.wp;
+        let inp = self.padded.as_ptr().add(self.y * row_pitch + self.x0);
+        let w = self.weight.as_ptr().add(self.oc0 * wstride);
+        // Broadcast weights of missing channels (a partial block) read channel 0's, whose
+        // results are never stored.
+        let rows: [usize; OC] = std::array::from_fn(|j| if j < self.noc { j * wstride } else { 0 });
+        for ci in 0..self.cin {
+            let ip = inp.add(ci * self.wp);
+            let wp = w.add(ci * kk);
+            for ky in 0..K {
+                for kx in 0..K {
+                    let src = ip.add(ky * row_pitch + kx);
+                    let tap = ky * K + kx;
+                    let v: [__m512; V] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(16 * i)));
+                    for (acc, row) in acc.iter_mut().zip(rows) {
+                        let b = _mm512_set1_ps(*wp.add(row + tap));
+                        for (a, v) in acc.iter_mut().zip(v) {
+                            *a = _mm512_fmadd_ps(b, v, *a);
+                        }
+                    }
+                }
+            }
+        }
+        let plane_out = self.ho * self.wo;
+        for (j, row) in acc.iter().enumerate().take(self.noc) {
+            let oc = self.oc0 + j;
+            let base = init.bias.map_or(0.0, |b| b[oc]) + init.per_channel.map_or(0.0, |p| p[oc]);
+            let constant = _mm512_set1_ps(base);
+            for (i, a) in row.iter().enumerate() {
+                let x = self.x0 + 16 * i;
+                let n = 16.min(self.wo - x);
+                let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+                let at = oc * plane_out + self.y * self.wo + x;
+                let mut r = _mm512_add_ps(*a, constant);
+                if let Some(res) = init.residual {
+                    r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(at)));
+                }
+                _mm512_mask_storeu_ps(out.add(at), mask, r);
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn run<const K: usize, const V: usize>(&self, _: Init, _: *mut f32) {
+        unreachable!("the direct kernel is only chosen on x86_64 with AVX-512")
+    }
+}

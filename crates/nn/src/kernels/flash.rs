@@ -1,0 +1,453 @@
+//! Attention without score matrices in memory, for CPUs with AVX-512 (flash attention): for
+//! each (batch, head) and block of queries, keys and values are visited in chunks that stay in
+//! cache; each chunk's scores for 6 queries at a time are computed by a register tile (6 rows
+//! x 64 keys, 24 accumulators: the shape of a 1x1 convolution over the transposed keys),
+//! folded into a running max and sum (online softmax), and multiplied into the values by a
+//! second register tile (6 rows x 64 value columns). Only the transposed keys and the values
+//! padded to 16 columns are laid out once per call; no gemm packing, no pass over full rows.
+//!
+//! Used where [`applies`]; elsewhere [`super::attention`] (query blocks over gemm).
+
+#[cfg(target_arch = "x86_64")]
+use super::SharedOut;
+use std::arch::x86_64::*;
+
+use super::attention::Shape;
+use super::math::exp;
+
+/// `e^(v - shift)` of a row in place, returning the sum: AVX-512 with `vscalefps` for the
+/// power of two (fewer instructions than the portable [`super::math::exp`], same polynomial).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_shifted_512(row: &mut [f32], shift: f32) -> f32 {
+    let c = |v: f32| _mm512_set1_ps(v);
+    let exp = |x: __m512| {
+        let x = _mm512_max_ps(x, c(-87.336_55));
+        let n = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(x, c(std::f32::consts::LOG2_E)));
+        let r = _mm512_fnmadd_ps(n, c(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, c(-2.121_944_4e-4), r);
+        let mut p = c(1.987_569_1e-4);
+        for k in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5e-1,
+        ] {
+            p = _mm512_fmadd_ps(p, r, c(k));
+        }
+        let p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, c(1.0)));
+        _mm512_scalef_ps(p, n)
+    };
+    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let shift = c(shift);
+    let ptr = row.as_mut_ptr();
+    let n = row.len();
+    let mut j = 0;
+    while j + 32 <= n {
+        let a = exp(_mm512_sub_ps(_mm512_loadu_ps(ptr.add(j)), shift));
+        let b = exp(_mm512_sub_ps(_mm512_loadu_ps(ptr.add(j + 16)), shift));
+        _mm512_storeu_ps(ptr.add(j), a);
+        _mm512_storeu_ps(ptr.add(j + 16), b);
+        s0 = _mm512_add_ps(s0, a);
+        s1 = _mm512_add_ps(s1, b);
+        j += 32;
+    }
+    while j < n {
+        let k = (n - j).min(16);
+        let mask: __mmask16 = if k == 16 { 0xffff } else { (1u16 << k) - 1 };
+        let a = exp(_mm512_sub_ps(
+            _mm512_maskz_loadu_ps(mask, ptr.add(j)),
+            shift,
+        ));
+        _mm512_mask_storeu_ps(ptr.add(j), mask, a);
+        s0 = _mm512_add_ps(s0, _mm512_maskz_mov_ps(mask, a));
+        j += k;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
+}
+use rayon::prelude::*;
+
+/// Queries per register tile.
+const R: usize = 6;
+/// Queries per task (16 tiles), sharing each key chunk while it is in cache.
+const QB: usize = 96;
+/// Floats of keys + values per chunk: about half an L2 cache.
+const CHUNK_FLOATS: usize = 96 << 10;
+
+pub fn applies() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out = softmax(scale · q kᵀ) v` per (batch, head), as [`super::attention::attention`].
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: Shape, scale: f32, out: &mut [f32]) {
+    let c = s.heads * s.d;
+    let pairs = s.batch * s.heads;
+    let keys: Vec<Keys> = (0..pairs)
+        .into_par_iter()
+        .map(|p| {
+            let (b, h) = (p / s.heads, p % s.heads);
+            let mut keys = Keys::new(s.d, s.m, scale);
+            for j in 0..s.m {
+                let at = (b * s.m + j) * c + h * s.d;
+                keys.set(j, &k[at..at + s.d], &v[at..at + s.d]);
+            }
+            keys
+        })
+        .collect();
+    let blocks = s.n.div_ceil(QB);
+    let dst = SharedOut::new(out);
+    (0..pairs * blocks).into_par_iter().for_each(|task| {
+        let (p, blk) = (task / blocks, task % blocks);
+        let (b, h) = (p / s.heads, p % s.heads);
+        let q0 = blk * QB;
+        let rows = QB.min(s.n - q0);
+        let qrow = |i: usize| &q[(b * s.n + q0 + i) * c + h * s.d..][..s.d];
+        // SAFETY: this task's query rows of head h, written by no other task.
+        let orow = |i: usize| unsafe {
+            std::slice::from_raw_parts_mut(dst.ptr().add((b * s.n + q0 + i) * c + h * s.d), s.d)
+        };
+        keys[p].attend(rows, qrow, orow);
+    });
+}
+
+/// Keys and values of one head laid out for the tiles: keys transposed and scaled
+/// (`d x m16`), values padded to 16 columns (`m x dv`). Built once, then attended by any
+/// number of query blocks (the tiled VAE fills it band by band).
+pub struct Keys {
+    kt: Vec<f32>,
+    vp: Vec<f32>,
+    d: usize,
+    dv: usize,
+    m: usize,
+    m16: usize,
+    scale: f32,
+}
+
+impl Keys {
+    pub fn new(d: usize, m: usize, scale: f32) -> Self {
+        let (m16, dv) = (m.div_ceil(16) * 16, d.div_ceil(16) * 16);
+        Self {
+            kt: vec![0f32; d * m16],
+            vp: vec![0f32; m * dv],
+            d,
+            dv,
+            m,
+            m16,
+            scale,
+        }
+    }
+
+    /// Key and value `j` (each `d` values).
+    pub fn set(&mut self, j: usize, key: &[f32], value: &[f32]) {
+        for (t, &x) in key.iter().enumerate() {
+            self.kt[t * self.m16 + j] = x * self.scale;
+        }
+        self.vp[j * self.dv..j * self.dv + self.d].copy_from_slice(value);
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.kt.len() + self.vp.len())
+    }
+
+    /// Attention of the queries `q` (`d` values each) into `out`, blocks of [`QB`] queries
+    /// spread over rayon's threads.
+    pub fn attend_all(&self, q: &[f32], out: &mut [f32]) {
+        out.par_chunks_mut(QB * self.d)
+            .zip(q.par_chunks(QB * self.d))
+            .for_each(|(o, q)| {
+                let rows = q.len() / self.d;
+                let dst = SharedOut::new(o);
+                // SAFETY: row i of this block's output, each written once.
+                let orow = |i: usize| unsafe {
+                    std::slice::from_raw_parts_mut(dst.ptr().add(i * self.d), self.d)
+                };
+                self.attend(rows, |i| &q[i * self.d..(i + 1) * self.d], orow);
+            });
+    }
+
+    /// Attention of `rows` queries (`query(i)`, `d` values each) written to `out(i)`, on the
+    /// calling thread, in blocks of [`QB`] queries.
+    pub fn attend<'o>(
+        &self,
+        rows: usize,
+        query: impl Fn(usize) -> &'o [f32] + Sync,
+        out: impl Fn(usize) -> &'o mut [f32],
+    ) where
+        Self: 'o,
+    {
+        let chunk = (CHUNK_FLOATS / (self.d + self.dv) / 64 * 64)
+            .max(64)
+            .min(self.m16);
+        let mut scores = vec![0f32; R * chunk];
+        for q0 in (0..rows).step_by(QB) {
+            let n = QB.min(rows - q0);
+            let mut state = State::new(n, self.dv);
+            for j0 in (0..self.m).step_by(chunk) {
+                let len = chunk.min(self.m - j0);
+                for i0 in (0..n).step_by(R) {
+                    let qs: [&[f32]; R] = std::array::from_fn(|r| query(q0 + (i0 + r).min(n - 1)));
+                    // SAFETY: `applies` was checked by the caller (AVX-512F).
+                    let max = unsafe { self.scores(&qs, j0, len, &mut scores) };
+                    let live = R.min(n - i0);
+                    for (r, &m) in max.iter().enumerate().take(live) {
+                        // SAFETY: as above.
+                        unsafe { state.fold(i0 + r, &mut scores[r * chunk..r * chunk + len], m) };
+                    }
+                    // SAFETY: as above; rows i0..i0+live of the state.
+                    unsafe { self.values(&scores, chunk, j0, len, &mut state, i0, live) };
+                }
+            }
+            for i in 0..n {
+                let inv = 1.0 / state.l[i];
+                for (o, &a) in out(q0 + i).iter_mut().zip(&state.o[i * self.dv..]) {
+                    *o = a * inv;
+                }
+            }
+        }
+    }
+}
+
+/// The online softmax of a block of queries: running max, running sum, unnormalised output.
+struct State {
+    m: Vec<f32>,
+    l: Vec<f32>,
+    o: Vec<f32>,
+    dv: usize,
+}
+
+impl State {
+    fn new(rows: usize, dv: usize) -> Self {
+        Self {
+            m: vec![f32::NEG_INFINITY; rows],
+            l: vec![0.0; rows],
+            o: vec![0.0; rows * dv],
+            dv,
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn fold(&mut self, _: usize, _: &mut [f32], _: f32) {
+        unreachable!("flash attention is only chosen on x86_64 with AVX-512")
+    }
+
+    /// Fold a chunk of row `i`'s scores (whose largest is `chunk_max`) in: they become
+    /// `e^(s - max)`, and what was accumulated is rescaled to the new max.
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fold(&mut self, i: usize, s: &mut [f32], chunk_max: f32) {
+        let new = self.m[i].max(chunk_max);
+        let correction = exp(self.m[i] - new);
+        let sum = exp_shifted_512(s, new);
+        self.l[i] = self.l[i] * correction + sum;
+        if correction != 1.0 {
+            self.o[i * self.dv..(i + 1) * self.dv]
+                .iter_mut()
+                .for_each(|o| *o *= correction);
+        }
+        self.m[i] = new;
+    }
+}
+
+impl Keys {
+    /// Scores of R queries against keys j0..j0+len into `out` (R rows of `chunk`); returns
+    /// each row's largest score.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores(&self, qs: &[&[f32]; R], j0: usize, len: usize, out: &mut [f32]) -> [f32; R] {
+        let chunk = out.len() / R;
+        let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); R];
+        for j in (0..len).step_by(64) {
+            let at = out.as_mut_ptr().add(j);
+            let valid = len - j;
+            match valid.div_ceil(16).min(4) {
+                4 => self.score_tile::<4>(qs, j0 + j, at, chunk, valid, &mut max),
+                3 => self.score_tile::<3>(qs, j0 + j, at, chunk, valid, &mut max),
+                2 => self.score_tile::<2>(qs, j0 + j, at, chunk, valid, &mut max),
+                _ => self.score_tile::<1>(qs, j0 + j, at, chunk, valid, &mut max),
+            }
+        }
+        max.map(|m| _mm512_reduce_max_ps(m))
+    }
+
+    /// R queries x 16·V keys from key `j`, stored at `out` (rows `chunk` apart); the first
+    /// `valid` keys count towards each row's running `max`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn score_tile<const V: usize>(
+        &self,
+        qs: &[&[f32]; R],
+        j: usize,
+        out: *mut f32,
+        chunk: usize,
+        valid: usize,
+        max: &mut [__m512; R],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        let base = self.kt.as_ptr().add(j);
+        for t in 0..self.d {
+            let row = base.add(t * self.m16);
+            let kv: [__m512; V] = std::array::from_fn(|i| _mm512_loadu_ps(row.add(16 * i)));
+            for (a, q) in acc.iter_mut().zip(qs) {
+                let b = _mm512_set1_ps(*q.get_unchecked(t));
+                for (a, k) in a.iter_mut().zip(kv) {
+                    *a = _mm512_fmadd_ps(b, k, *a);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (i, a) in a.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * chunk + 16 * i), *a);
+                let n = valid.saturating_sub(16 * i).min(16);
+                let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+                max[r] = _mm512_mask_max_ps(max[r], mask, max[r], *a);
+            }
+        }
+    }
+
+    /// `o[i0 + r] += p[r] · v[j0..j0+len]` for the live rows.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn values(
+        &self,
+        p: &[f32],
+        chunk: usize,
+        j0: usize,
+        len: usize,
+        state: &mut State,
+        i0: usize,
+        live: usize,
+    ) {
+        let mut c0 = 0;
+        while c0 < self.dv {
+            let nv = ((self.dv - c0) / 16).min(4);
+            let o = state.o.as_mut_ptr().add(i0 * self.dv + c0);
+            match nv {
+                4 => self.value_tile::<4>(p, chunk, j0, len, o, live, c0),
+                3 => self.value_tile::<3>(p, chunk, j0, len, o, live, c0),
+                2 => self.value_tile::<2>(p, chunk, j0, len, o, live, c0),
+                _ => self.value_tile::<1>(p, chunk, j0, len, o, live, c0),
+            }
+            c0 += 16 * nv;
+        }
+    }
+
+    /// Value columns c0..c0+16·V of the live rows: accumulate onto `o` (rows `dv` apart).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn value_tile<const V: usize>(
+        &self,
+        p: &[f32],
+        chunk: usize,
+        j0: usize,
+        len: usize,
+        o: *mut f32,
+        live: usize,
+        c0: usize,
+    ) {
+        let dv = self.dv;
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for (r, a) in acc.iter_mut().enumerate().take(live) {
+            for (i, a) in a.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(o.add(r * dv + 16 * i));
+            }
+        }
+        let pp = p.as_ptr();
+        for j in 0..len {
+            let row = self.vp.as_ptr().add((j0 + j) * dv + c0);
+            let vv: [__m512; V] = std::array::from_fn(|i| _mm512_loadu_ps(row.add(16 * i)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(*pp.add(r * chunk + j));
+                for (a, v) in a.iter_mut().zip(vv) {
+                    *a = _mm512_fmadd_ps(b, v, *a);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate().take(live) {
+            for (i, a) in a.iter().enumerate() {
+                _mm512_storeu_ps(o.add(r * dv + 16 * i), *a);
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn scores(&self, _: &[&[f32]; R], _: usize, _: usize, _: &mut [f32]) -> [f32; R] {
+        unreachable!("flash attention is only chosen on x86_64 with AVX-512")
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn values(
+        &self,
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: usize,
+        _: &mut State,
+        _: usize,
+        _: usize,
+    ) {
+        unreachable!("flash attention is only chosen on x86_64 with AVX-512")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Wide heads make several key chunks: the online softmax must fold them exactly.
+    #[test]
+    fn chunks_fold_into_the_exact_softmax() {
+        if !applies() {
+            return;
+        }
+        let s = Shape {
+            batch: 1,
+            n: 13,
+            m: 300,
+            heads: 1,
+            d: 512,
+        };
+        let val = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        let (q, k, v) = (val(13 * 512, 1), val(300 * 512, 2), val(300 * 512, 3));
+        let scale = 0.05f32;
+        let mut got = vec![0f32; q.len()];
+        attention(&q, &k, &v, s, scale, &mut got);
+        let mut worst = 0f64;
+        for i in 0..13 {
+            let logits: Vec<f64> = (0..300)
+                .map(|j| {
+                    scale as f64
+                        * (0..512)
+                            .map(|t| q[i * 512 + t] as f64 * k[j * 512 + t] as f64)
+                            .sum::<f64>()
+                })
+                .collect();
+            let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for t in 0..512 {
+                let want: f64 = (0..300).map(|j| e[j] / z * v[j * 512 + t] as f64).sum();
+                worst = worst.max((got[i * 512 + t] as f64 - want).abs());
+            }
+        }
+        assert!(worst < 1e-5, "{worst}");
+    }
+}
