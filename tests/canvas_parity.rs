@@ -10,7 +10,6 @@ use tessera::geometry::{self, Rect};
 use tessera::guidance::guided_eps;
 use tessera::mixture::Window;
 use tessera::models::ModelDir;
-use tessera::nn::Runtime;
 use tessera::noise::{NoiseSource, SeededNoise};
 use tessera::pass::{self, Pass};
 use tessera::passes::realize_windows;
@@ -49,7 +48,11 @@ fn plan_of(spec_text: &str) -> (tessera::spec::Settings, Plan, ModelDir) {
     };
     let settings = spec::resolve(Some((path, file)), &o).unwrap();
     let dir = ModelDir::open(tiny_model_dir()).unwrap();
-    let plan = Plan::new(&settings, model_facts(&dir).unwrap().native_size).unwrap();
+    let plan = Plan::new(
+        &settings,
+        model_facts(&dir, &runtime()).unwrap().native_size,
+    )
+    .unwrap();
     (settings, plan, dir)
 }
 
@@ -170,7 +173,7 @@ fn f1_through_the_cli_with_init_noise() {
     )
     .unwrap();
     let latents = tmp.path().join("latents.safetensors");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let o = std::process::Command::new(tessera_bin())
         .args([
             "render",
             spec.to_str().unwrap(),
@@ -365,6 +368,7 @@ fn one_window_canvas_equals_plain_txt2img_exactly() {
     let unet = dir.load_unet(&runtime(), DType::F32).unwrap();
     let cfg = dir.scheduler_config().unwrap();
     let x = SeededNoise::new(1).noise(&(1, 4, 16, 16).into()).unwrap();
+    let x = x.to_device(&runtime().device).unwrap();
     let windows = realize_windows(&plan.windows).unwrap();
     let job = Pass {
         predictor: &unet,

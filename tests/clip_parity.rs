@@ -1,7 +1,7 @@
 //! Tokenizer and CLIP text encoder parity with transformers (fixtures a_tokens, b_text_encoder).
 
 mod common;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use common::*;
 use tessera::models::ModelDir;
 use tessera::nn::tokenizer::ClipTokenizer;

@@ -1,5 +1,7 @@
-//! The canvas end to end on the bundled tiny model: `tessera plan` counts, and a 2048x2048
-//! poster with a guide pass rendered through the CLI.
+//! The canvas end to end on the bundled tiny model: `tessera plan` counts, and a 2048x1024
+//! banner with a guide pass rendered through the CLI (2K wide; half the height of a square 2K
+//! poster keeps CI time in bounds: the exact VAE attention over every latent pixel grows with
+//! the square of the pixel count).
 
 use std::process::{Command, Output};
 
@@ -13,7 +15,7 @@ fn tessera(args: &[&str]) -> Output {
 const POSTER: &str = r#"
 [canvas]
 width = 2048
-height = 2048
+height = 1024
 seed = 3
 steps = 2
 scheduler = "ddim"
@@ -27,7 +29,7 @@ overlap = 128
 vae = 512
 
 [[region]]
-rect = [0, 0, 2048, 512]
+rect = [0, 0, 2048, 256]
 prompt = "a glowing sunset sky"
 
 [guide]
@@ -51,7 +53,7 @@ fn plan_counts_25_windows_per_step_for_a_2k_canvas() {
 }
 
 #[test]
-fn a_2k_poster_with_a_guide_renders_end_to_end() {
+fn a_2k_banner_with_a_guide_renders_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = tmp.path().join("poster.toml");
     let emblem = concat!(
@@ -59,18 +61,18 @@ fn a_2k_poster_with_a_guide_renders_end_to_end() {
         "/canvases/assets/sun-emblem.png"
     );
     let image_region =
-        format!("[[region]]\nrect = [1024, 1024, 512, 512]\nimage = {emblem:?}\nstrength = 0.5\n");
+        format!("[[region]]\nrect = [1024, 512, 512, 512]\nimage = {emblem:?}\nstrength = 0.5\n");
     std::fs::write(&spec, format!("{POSTER}\n{image_region}")).unwrap();
     let o = tessera(&["render", spec.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let out = image::open(tmp.path().join("poster.png")).unwrap();
-    assert_eq!((out.width(), out.height()), (2048, 2048));
+    assert_eq!((out.width(), out.height()), (2048, 1024));
     let guide = image::open(tmp.path().join("poster.guide.png")).unwrap();
     assert_eq!(
         (guide.width(), guide.height()),
-        (256, 256),
-        "the tiny model's native size"
+        (256, 128),
+        "the canvas's aspect inside the tiny model's native size"
     );
     assert!(err.contains("windows per step"), "{err}");
     // One load of each model: the decoder serves guide and canvas, the encoder the guide and

@@ -8,7 +8,6 @@ use tessera::autoencoder::Autoencoder;
 use tessera::geometry::Rect;
 use tessera::mixture::Window;
 use tessera::models::ModelDir;
-use tessera::nn::Runtime;
 use tessera::noise::{NoiseSource, ReplayNoise, SeededNoise};
 use tessera::pass::Pass;
 use tessera::render::encode_prompts;

@@ -82,6 +82,7 @@ impl Crop for Tensor {
 fn tiled_decode_equals_untiled_at_several_tile_sizes() {
     let vae = vae();
     let z = (SeededNoise::new(7).noise(&(1, 4, 40, 56).into()).unwrap() / 0.18215).unwrap();
+    let z = z.to_device(&runtime().device).unwrap();
     let full = vae.decode(&z).unwrap();
     for tile_px in [64, 96, 136, 200] {
         let tiled = tiled::decode(&vae.decoder, &z, tile_px, None).unwrap();

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
 flags=(--release --features cuda --config profile.release.strip=true)
 cargo build "${flags[@]}" --bin tessera
-tests=(clip_parity unet_parity vae_parity vae_tiled txt2img_parity canvas_parity)
+tests=(gpu_parity)
 mapfile -t exes < <(cargo test "${flags[@]}" --no-run "${tests[@]/#/--test=}" --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for l in sys.stdin:

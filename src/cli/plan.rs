@@ -43,7 +43,8 @@ pub fn run(a: &PlanArgs) -> Result<()> {
         ..Default::default()
     };
     let settings = spec::resolve(Some((&a.spec, file)), &overrides)?;
-    let facts = model_facts(&ModelDir::open(model_path(&settings))?)?;
+    let rt = tessera::render::open_runtime(&settings)?;
+    let facts = model_facts(&ModelDir::open(model_path(&settings))?, &rt)?;
     let fitted = budget::fit(&settings, &facts)?;
     let s = &fitted.settings;
     if a.json {

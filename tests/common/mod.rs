@@ -19,6 +19,14 @@ pub fn tiny_model_dir() -> PathBuf {
     repo_path("models/tiny-sd")
 }
 
+/// The `tessera` binary under test; `TESSERA_BIN` overrides the build's (test binaries carried
+/// to a GPU machine run with a binary unpacked there).
+pub fn tessera_bin() -> PathBuf {
+    std::env::var_os("TESSERA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tessera")))
+}
+
 /// The runtime the parity tests run on: the CPU, or the device `TESSERA_TEST_DEVICE` names
 /// (`cuda`, `cuda:1`, `metal`) in a GPU build, so the same tests check a GPU against diffusers.
 pub fn runtime() -> tessera::nn::Runtime {

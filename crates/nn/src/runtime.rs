@@ -93,7 +93,12 @@ impl Runtime {
                 });
             }
             gpu => open_device(gpu).map_err(|e| DeviceUnavailable {
-                message: format!("cannot open device {}: {e}", gpu.name()),
+                // candle appends a backtrace to device errors: the first line says it all.
+                message: format!(
+                    "cannot open device {}: {}",
+                    gpu.name(),
+                    e.to_string().lines().next().unwrap_or_default()
+                ),
                 fix:
                     "check the GPU's driver and index (nvidia-smi lists them), or use --device cpu"
                         .into(),

@@ -42,6 +42,11 @@ pub struct MemoryFacts {
     pub vae_decoder_params: u64,
     /// Channels entering the VAE decoder's full-resolution stage.
     pub vae_channels: usize,
+    /// Channels of the VAE's mid-block attention (its keys and values are held whole).
+    pub vae_mid_channels: usize,
+    /// Whether attention materialises chunks of scores (candle's path, GPUs) rather than
+    /// streaming them through registers (the AVX-512 flash kernel).
+    pub attention_scores: bool,
 }
 
 /// What planning needs to know of a model, read from configs and weight headers (no weights).
@@ -122,10 +127,20 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
         + plan.prompts.len() as u64 * 2 * 77 * 1024 * 4;
     // The decoded picture is held once (f32); the encoder holds the upscaled guide and its
     // copy in the scratch store's write buffer.
-    let decode_at =
-        |w: usize, h: usize| m.vae_decoder_params * 4 + tile_act(vae_tile(w, h)) + image(w, h);
-    let encode_at =
-        |w: usize, h: usize| m.vae_encoder_params * 4 + tile_act(vae_tile(w, h)) + 2 * image(w, h);
+    // The mid-block attention holds keys and values of every latent pixel (f32), and on
+    // candle's path score chunks of at most 64 MiB with their softmax.
+    let mid_attention = |w: usize, h: usize| {
+        let kv = (w / 8 * h / 8 * m.vae_mid_channels * 2 * 4) as u64;
+        kv + if m.attention_scores { 2 * 64 * MIB } else { 0 }
+    };
+    let decode_at = |w: usize, h: usize| {
+        m.vae_decoder_params * 4 + tile_act(vae_tile(w, h)).max(mid_attention(w, h)) + image(w, h)
+    };
+    let encode_at = |w: usize, h: usize| {
+        m.vae_encoder_params * 4
+            + tile_act(vae_tile(w, h)).max(mid_attention(w, h))
+            + 2 * image(w, h)
+    };
     // A decoder that decoded the guide and stays for the final decode.
     let kept_decoder = match &plan.guide {
         Some(g) if g.image.is_none() && s.keep_decoder => m.vae_decoder_params * 4,
@@ -165,7 +180,10 @@ fn unet_peak(m: &MemoryFacts, s: &Settings, bytes: u64, window: (usize, usize), 
     let unit = batch * tokens * m.unet_channels as u64 * 4;
     let scores = batch * m.unet_heads as u64 * tokens * tokens * 4;
     // Scores and their softmax are alive together, each within the attention budget.
-    let attention = 2 * scores.min(s.attention_budget as u64);
+    let attention = match m.attention_scores {
+        true => 2 * scores.min(s.attention_budget as u64),
+        false => 0,
+    };
     let top = (UNET_TOP_UNITS * unit as f64) as u64 + attention;
     let layer = m.unet_largest_layer_params * bytes;
     if s.stream_weights {
@@ -200,6 +218,9 @@ pub fn fit(s: &Settings, facts: &ModelFacts) -> Result<Fitted> {
     let mut s = s.clone();
     let (mut plan, mut est) = planned(&s, facts)?;
     let Some(budget) = s.max_memory else {
+        // No budget: the tiled VAE may keep in RAM what the render's peak phase will use
+        // anyway, so the picture never raises the peak (the rest of its scratch goes to files).
+        s.vae_scratch = Some(est.peak().saturating_sub(est.guide_pass.max(est.decode)));
         return Ok(Fitted {
             settings: s,
             plan,

@@ -5,6 +5,7 @@ use tessera_core::choices::SchedulerKind;
 use tessera_core::{Error, Result};
 use tessera_models::{info, ModelDir};
 use tessera_nn::weights::WeightFile;
+use tessera_nn::Runtime;
 use tessera_plan::budget::{MemoryFacts, ModelFacts};
 use tessera_plan::Settings;
 
@@ -13,8 +14,8 @@ pub fn model_path(s: &Settings) -> std::path::PathBuf {
     s.model.clone().unwrap_or_else(ModelDir::bundled_default)
 }
 
-/// Native size and memory facts for planning.
-pub fn model_facts(dir: &ModelDir) -> Result<ModelFacts> {
+/// Native size and memory facts for planning, for a render on `rt`'s device.
+pub fn model_facts(dir: &ModelDir, rt: &Runtime) -> Result<ModelFacts> {
     let unet = dir.unet_config()?;
     let info = info::inspect(dir)?;
     let open = |component, stem| -> Result<WeightFile> {
@@ -53,6 +54,13 @@ pub fn model_facts(dir: &ModelDir) -> Result<ModelFacts> {
                 let ch = dir.vae_config()?.block_out_channels;
                 ch.get(1).or(ch.first()).copied().unwrap_or(0)
             },
+            vae_mid_channels: dir
+                .vae_config()?
+                .block_out_channels
+                .last()
+                .copied()
+                .unwrap_or(0),
+            attention_scores: tessera_nn::layers::attention::materialises_scores(rt),
         },
     })
 }

@@ -10,6 +10,7 @@
 
 use super::gemm::{sgemm, View};
 use super::math::{dispatch, silu};
+pub use super::operand::{Geometry, Init, Input, Pre};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -19,66 +20,6 @@ const BLOCK_FLOATS: usize = 2 << 20;
 thread_local! {
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static ACTIVATED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A per-channel affine map, optionally followed by SiLU, applied to the input.
-#[derive(Clone, Copy)]
-pub struct Pre<'a> {
-    pub scale: &'a [f32],
-    pub shift: &'a [f32],
-    pub silu: bool,
-}
-
-/// What a convolution reads, for one batch item.
-pub struct Input<'a> {
-    /// `(values (c, h, w), c)`: sources concatenated along channels.
-    pub sources: Vec<(&'a [f32], usize)>,
-    pub h: usize,
-    pub w: usize,
-    /// Nearest-neighbour 2x upsampling before the convolution.
-    pub upsample: bool,
-    pub pre: Option<Pre<'a>>,
-}
-
-impl Input<'_> {
-    pub fn channels(&self) -> usize {
-        self.sources.iter().map(|s| s.1).sum()
-    }
-
-    /// The size the kernel sees (after upsampling).
-    pub fn dims(&self) -> (usize, usize) {
-        match self.upsample {
-            true => (2 * self.h, 2 * self.w),
-            false => (self.h, self.w),
-        }
-    }
-}
-
-/// Kernel size, stride and zero padding (top, bottom, left, right).
-#[derive(Clone, Copy, Debug)]
-pub struct Geometry {
-    pub k: usize,
-    pub stride: usize,
-    pub pad: (usize, usize, usize, usize),
-}
-
-impl Geometry {
-    pub fn out_dims(&self, (h, w): (usize, usize)) -> (usize, usize) {
-        let (t, b, l, r) = self.pad;
-        (
-            (h + t + b - self.k) / self.stride + 1,
-            (w + l + r - self.k) / self.stride + 1,
-        )
-    }
-}
-
-/// What the output holds before the product is added: `bias[c] + per_channel[c] + residual`.
-#[derive(Default, Clone, Copy)]
-pub struct Init<'a> {
-    pub bias: Option<&'a [f32]>,
-    pub per_channel: Option<&'a [f32]>,
-    /// `(cout, ho, wo)` values to add.
-    pub residual: Option<&'a [f32]>,
 }
 
 /// Convolve one batch item: `out` is `(cout, ho, wo)`. Stride-1 convolutions go to the

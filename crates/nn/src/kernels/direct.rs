@@ -14,7 +14,7 @@
 use super::SharedOut;
 use std::arch::x86_64::*;
 
-use super::conv::{Geometry, Init, Input};
+use super::operand::{Geometry, Init, Input};
 use rayon::prelude::*;
 
 /// Output channels per tile.

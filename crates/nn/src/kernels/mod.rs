@@ -25,6 +25,7 @@ pub mod flash;
 pub mod gemm;
 pub mod math;
 pub mod norm;
+pub mod operand;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
 

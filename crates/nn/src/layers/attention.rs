@@ -117,3 +117,12 @@ impl OnlineSoftmax {
         self.acc.broadcast_div(&self.l)
     }
 }
+
+/// Whether attention on `rt` materialises chunks of scores (candle's path: GPUs, half
+/// precision, CPUs without AVX-512) rather than streaming them (the flash kernel).
+pub fn materialises_scores(rt: &crate::Runtime) -> bool {
+    !(rt.device.is_cpu()
+        && rt.conv_dtype() == DType::F32
+        && kernels::enabled()
+        && kernels::flash::applies())
+}

@@ -1,7 +1,7 @@
 //! A whole-image activation between two layers of the tiled VAE: in RAM while the scratch
 //! budget allows, else in an unlinked temporary file, so a tiled pass holds one band of rows
-//! at a time whatever the image size. Bands are whole rows: one contiguous read or write per
-//! band in either place (RAM: channel-major planes; file: rows of pixels, channels last).
+//! at a time whatever the image size. Bands are whole rows of channel-major planes: one
+//! contiguous copy, read or write per channel and band, no re-layout.
 //! Values are native-endian f32: the file is private to this process, so no byte conversion.
 //! On a GPU, bands stay in device memory while the budget allows (no round trip to the host).
 
@@ -49,7 +49,7 @@ enum Place {
     Ram(Vec<f32>),
     /// Bands as written, each `(first row, (1, C, rows, W))`, on the GPU.
     Device(Vec<(usize, Tensor)>),
-    /// `(h, w, c)` pixels.
+    /// `(c, h, w)` planes.
     File(File),
 }
 
@@ -100,9 +100,12 @@ impl Store {
             } else {
                 4
             };
+        // On a GPU the budget is the device's; what does not fit waits in host RAM (a copy
+        // each way per band, far cheaper than a file).
         let (place, held) = match scratch.take(bytes) {
             true if on_gpu => (Place::Device(Vec::new()), bytes),
             true => (Place::Ram(vec![0f32; c * h * w]), bytes),
+            false if on_gpu => (Place::Ram(vec![0f32; c * h * w]), 0),
             false => (Place::File(scratch_file((c * h * w * 4) as u64)?), 0),
         };
         Ok(Self {
@@ -138,15 +141,12 @@ impl Store {
                 }
             }
             Place::File(file) => {
-                let hwc: Vec<f32> = t
-                    .to_dtype(DType::F32)?
-                    .squeeze(0)?
-                    .permute((1, 2, 0))?
-                    .flatten_all()?
-                    .to_vec1()?;
-                let offset = (y * w_ * self.c * 4) as u64;
-                file.write_all_at(bytemuck::cast_slice(&hwc), offset)
-                    .map_err(io)?;
+                let src: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                for (ch, plane) in src.chunks_exact(rows * w).enumerate() {
+                    let at = ((ch * h + y) * w_ * 4) as u64;
+                    file.write_all_at(bytemuck::cast_slice(plane), at)
+                        .map_err(io)?;
+                }
             }
         }
         Ok(())
@@ -182,14 +182,13 @@ impl Store {
                 Tensor::from_vec(out, (1, c, n, w), &host())
             }
             Place::File(file) => {
-                let mut data = vec![0f32; n * w * c];
-                let offset = (rows.start * w * c * 4) as u64;
-                file.read_exact_at(bytemuck::cast_slice_mut(&mut data), offset)
-                    .map_err(io)?;
-                Tensor::from_vec(data, (n, w, c), &host())?
-                    .permute((2, 0, 1))?
-                    .unsqueeze(0)?
-                    .contiguous()
+                let mut data = vec![0f32; c * n * w];
+                for (ch, plane) in data.chunks_exact_mut(n * w).enumerate() {
+                    let at = ((ch * self.h + rows.start) * w * 4) as u64;
+                    file.read_exact_at(bytemuck::cast_slice_mut(plane), at)
+                        .map_err(io)?;
+                }
+                Tensor::from_vec(data, (1, c, n, w), &host())
             }
         }
     }
