@@ -6,6 +6,28 @@ use tessera_core::{Error, Result};
 /// Builds the error for a field: `bad(field, message, fix)` (it knows the file).
 pub type Bad<'a> = dyn Fn(&str, String, &str) -> Error + 'a;
 
+/// One of a list of names (`what`: "scheduler", "dtype", ...), parsed by `parse`; `None`
+/// when none is given.
+pub fn named<T>(
+    bad: &Bad,
+    field: &str,
+    what: &str,
+    name: Option<&String>,
+    parse: impl Fn(&str) -> Option<T>,
+    names: &[&str],
+) -> Result<Option<T>> {
+    name.map(|name| {
+        parse(name).ok_or_else(|| {
+            bad(
+                field,
+                format!("unknown {what} {name:?}"),
+                &format!("use one of: {}", names.join(", ")),
+            )
+        })
+    })
+    .transpose()
+}
+
 /// A pixel size the latent grid can hold: a positive multiple of 8 (or 0 where allowed).
 pub fn multiple_of_8(bad: &Bad, field: &str, v: usize, allow_zero: bool) -> Result<()> {
     if !v.is_multiple_of(8) || (v == 0 && !allow_zero) {

@@ -34,13 +34,16 @@ pub fn conv2d(
 ) {
     let (_, wo) = g.out_dims(input.dims());
     let direct_1x1 = g.k == 1 && input.pre.is_none() && input.sources.len() == 1 && !input.upsample;
-    if super::direct::applies(&g, wo)
-        && !direct_1x1
-        && std::env::var_os("TESSERA_NO_DIRECT").is_none()
-    {
+    if super::direct::applies(&g, wo) && !direct_1x1 && direct_enabled() {
         return super::direct::conv2d(input, weight, cout, g, init, out);
     }
     im2col_gemm(input, weight, cout, g, init, out)
+}
+
+/// `TESSERA_NO_DIRECT` sends every convolution through im2col + gemm (read once, not per call).
+fn direct_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("TESSERA_NO_DIRECT").is_none())
 }
 
 /// Convolution as blocked im2col + gemm (any stride, any CPU).

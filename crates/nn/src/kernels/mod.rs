@@ -25,6 +25,7 @@ pub mod flash;
 pub mod gemm;
 pub mod math;
 pub mod norm;
+pub(crate) mod online_softmax;
 pub mod operand;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};

@@ -45,36 +45,32 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         "canvas.steps",
         o.steps.or(c.steps).unwrap_or(DEFAULT_STEPS),
     )?;
-    let scheduler = match o.scheduler.as_ref().or(c.scheduler.as_ref()) {
-        None => None,
-        Some(name) => Some(SchedulerKind::from_name(name).ok_or_else(|| {
-            bad(
-                "canvas.scheduler",
-                format!("unknown scheduler {name:?}"),
-                &format!("use one of: {}", SchedulerKind::NAMES.join(", ")),
-            )
-        })?),
-    };
-    let precision = match o.dtype.as_ref().or(c.dtype.as_ref()) {
-        None => Precision::default(),
-        Some(name) => Precision::from_name(name).ok_or_else(|| {
-            bad(
-                "canvas.dtype",
-                format!("unknown dtype {name:?}"),
-                &format!("use one of: {}", Precision::NAMES.join(", ")),
-            )
-        })?,
-    };
-    let device = match o.device.as_ref().or(c.device.as_ref()) {
-        None => DeviceChoice::default(),
-        Some(name) => DeviceChoice::from_name(name).ok_or_else(|| {
-            bad(
-                "canvas.device",
-                format!("unknown device {name:?}"),
-                &format!("use one of: {}", DeviceChoice::NAMES.join(", ")),
-            )
-        })?,
-    };
+    let scheduler = validate::named(
+        &bad,
+        "canvas.scheduler",
+        "scheduler",
+        o.scheduler.as_ref().or(c.scheduler.as_ref()),
+        SchedulerKind::from_name,
+        SchedulerKind::NAMES,
+    )?;
+    let precision = validate::named(
+        &bad,
+        "canvas.dtype",
+        "dtype",
+        o.dtype.as_ref().or(c.dtype.as_ref()),
+        Precision::from_name,
+        Precision::NAMES,
+    )?
+    .unwrap_or_default();
+    let device = validate::named(
+        &bad,
+        "canvas.device",
+        "device",
+        o.device.as_ref().or(c.device.as_ref()),
+        DeviceChoice::from_name,
+        DeviceChoice::NAMES,
+    )?
+    .unwrap_or_default();
     let background = match (&spec.prompt, &o.prompt) {
         // A spec with regions and no [prompt] denoises only its regions (reference semantics).
         (None, None) if !spec.regions.is_empty() => None,
