@@ -29,6 +29,7 @@ fn sd15() -> ModelFacts {
             vae_mid_channels: 512,
             // The estimate of candle's path (GPUs, CPUs without AVX-512): the larger one.
             attention_scores: true,
+            device_free: None,
         },
     }
 }
@@ -72,8 +73,15 @@ fn a_budget_that_fits_changes_only_the_decoder_stay() {
     let s = settings(2048, Some("64G"), "");
     let fit = budget::fit(&s, &sd15()).unwrap();
     let (fitted, chosen) = (&fit.settings, &fit.chosen);
-    // Under any budget the decoder is read again rather than held through the canvas pass.
-    assert_eq!(chosen, &["VAE decoder read again for the final decode"]);
+    // Under any budget the decoder is read again rather than held through the canvas pass;
+    // windows may share UNet evaluations (that raises the estimate by at most 10%).
+    assert_eq!(chosen[0], "VAE decoder read again for the final decode");
+    assert!(
+        chosen[1..]
+            .iter()
+            .all(|c| c.ends_with("windows per UNet evaluation")),
+        "{chosen:?}"
+    );
     assert!(!fitted.keep_decoder && s.keep_decoder);
     assert!(!fitted.stream_weights);
     assert!(fit.estimate.peak() < 64 << 30);

@@ -57,8 +57,11 @@ fn plan_of(spec_text: &str) -> (tessera::spec::Settings, Plan, ModelDir) {
 }
 
 /// Run the canvas loop and compare every step with the fixture; returns the final latents.
+/// `group`: windows per network evaluation (1: window by window; more: batched windows, which
+/// must match the reference just the same).
 fn run_and_check(
     name: &str,
+    group: usize,
     f: &std::collections::HashMap<String, Tensor>,
     conds: &[Cond],
     windows: &[Window],
@@ -71,6 +74,7 @@ fn run_and_check(
     let x = (get(f, "init_noise") * sched.init_noise_sigma()).unwrap();
     let (_, _, h, w) = x.dims4().unwrap();
     let job = Pass {
+        group,
         predictor: &unet,
         windows,
         conds,
@@ -148,7 +152,7 @@ fn f1_two_text_regions_match_mixture_canvas() {
         );
     }
     let _ = settings;
-    run_and_check("f1", &f, &conds, &windows, |_, _, _, x| Ok(x));
+    run_and_check("f1", 1, &f, &conds, &windows, |_, _, _, x| Ok(x));
 }
 
 #[test]
@@ -252,7 +256,7 @@ weight = 1.3
         assert_eq!(coords, want.iter().map(|&v| v as i64).collect::<Vec<_>>());
     }
     let conds = encode_prompts(&dir, &runtime(), &plan.prompts).unwrap();
-    run_and_check("f4", &f, &conds, &windows, |_, _, _, x| Ok(x));
+    run_and_check("f4", 3, &f, &conds, &windows, |_, _, _, x| Ok(x));
 }
 
 #[test]
@@ -295,7 +299,7 @@ fn f2_tiling_grid_and_weights_match_mixture_tiling() {
             weights: quirk.clone(),
         });
     }
-    run_and_check("f2", &f, &conds, &windows, |_, _, _, x| Ok(x));
+    run_and_check("f2", 4, &f, &conds, &windows, |_, _, _, x| Ok(x));
 }
 
 #[test]
@@ -354,7 +358,7 @@ guidance = 7.5
     assert_eq!(coords, vec![8, 24, 16, 32]);
     let regions = vec![(rect, reference, latest)];
     let init = get(&f, "init_noise");
-    run_and_check("f3", &f, &conds, &windows, |_, t, s, x| {
+    run_and_check("f3", 2, &f, &conds, &windows, |_, t, s, x| {
         pass::apply_image_regions(s, &regions, &init, t, x)
     });
 }
@@ -371,6 +375,7 @@ fn one_window_canvas_equals_plain_txt2img_exactly() {
     let x = x.to_device(&runtime().device).unwrap();
     let windows = realize_windows(&plan.windows).unwrap();
     let job = Pass {
+        group: 1,
         predictor: &unet,
         windows: &windows,
         conds: &conds,

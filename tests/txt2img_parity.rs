@@ -60,6 +60,7 @@ fn run_case(name: &str, kind: SchedulerKind) {
         weights: Tensor::ones((16, 16), DType::F64, &candle_core::Device::Cpu).unwrap(),
     }];
     let job = Pass {
+        group: 1,
         predictor: &unet,
         windows: &windows,
         conds: &conds,

@@ -8,13 +8,16 @@
 # Steps (each logged to OUT_DIR, one failing does not stop the others; a summary at the end):
 #  1. the diffusers parity tests (tiny model, f32) on CUDA, at the CPU suite's tolerances;
 #  2. the same render (tiny model, f32) on CUDA and on the CPU: latents compared;
-#  3. the synthetic full-size SD 1.5: UNet CFG step (tessera bench) beside PyTorch's;
+#  3. the synthetic full-size SD 1.5: UNet CFG step (tessera bench) beside PyTorch's, with
+#     candle's convolutions and, when the bundle has `tessera-cudnn`, cuDNN's (the faster one
+#     renders the rest); batches of 2 and 4 windows per evaluation;
 #  4. a 2048² render with a guide pass (benches/gpu/poster-2048.toml, f16) and one 512² window,
 #     with peak VRAM (driver-reported device total, polled every 50 ms; includes the CUDA
 #     context);
 #  5. the exact tiled 2048² VAE decode, f32 UNet step, whole 512² decode;
 #  6. the poster under `--max-memory 2G`; PyTorch's VAE decodes (tools/torch_gpu_bench.py).
 # Env: GPU_CHECK_SHORT=1 (parity, GPU vs CPU, the 2048² render and its window only),
+#      GPU_CHECK_FULL=1 (also the f32 UNet step, the whole 512² decode and PyTorch's decodes),
 #      GPU_CHECK_DEVICE (default cuda; `cpu` rehearses the script on a machine with no GPU),
 #      GPU_CHECK_BUNDLE (default target/gpu), GPU_CHECK_QUICK=1 (small sizes, for rehearsal).
 set -uo pipefail
@@ -59,6 +62,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 PEAK=0
 measured() { # name timeout cmd...
   local name=$1 limit=$2; shift 2
+  # GPU_CHECK_DEADLINE: seconds after which no step starts (and none outlives it), so the
+  # summary and the logs' archive are written before the visit's limit.
+  local left=$(( ${GPU_CHECK_DEADLINE:-100000} - SECONDS ))
+  if [ "$left" -lt 15 ]; then say "$name: skipped (deadline)"; return 1; fi
+  [ "$limit" -gt "$left" ] && limit=$left
   local poll="$OUT/$name.vram"
   if [ "$DEVICE" != cpu ]; then
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 >"$poll" 2>/dev/null &
@@ -126,6 +134,16 @@ torch() { # name what
 }
 short() { [ "${GPU_CHECK_SHORT:-0}" = 1 ]; }
 short || bench bench-unet-f16 unet --dtype f16 --batch 2 --latent $L --repeat $REP
+if ! short && [ -x "$BIN/tessera-cudnn" ]; then
+  plain=$TESSERA
+  TESSERA=$BIN/tessera-cudnn bench bench-unet-f16-cudnn unet --dtype f16 --batch 2 --latent $L --repeat $REP
+  mean() { grep -o "mean [0-9.]*" "$OUT/$1.log" | awk '{print $2}'; }
+  if awk -v a="$(mean bench-unet-f16-cudnn)" -v b="$(mean bench-unet-f16)" 'BEGIN {exit !(a > 0 && a < b)}'; then
+    TESSERA=$BIN/tessera-cudnn
+  fi
+  say "renders below use $(basename "$TESSERA") (faster UNet step); candle's: $(basename "$plain")"
+fi
+short || bench bench-unet-f16-x2 unet --dtype f16 --batch 4 --latent $L --repeat $REP
 short || torch torch-unet unet-512
 
 size=(); steps=()
@@ -140,12 +158,14 @@ grep -E "^(encode|canvas|decode|wrote)" "$OUT/window-512.log" >>"$summary"
 [ "$PEAK" -gt 0 ] 2>/dev/null && say "poster-2048 peak / window-512 peak (device totals): $(awk -v a="$poster_peak" -v b="$PEAK" 'BEGIN {printf "%.3f", a / b}')"
 
 short || bench bench-vae-tiled-2048 vae-decode --dtype f16 --latent $BIG --tile 512 --repeat 2
-short || bench bench-unet-f32 unet --dtype f32 --batch 2 --latent $L --repeat $REP
-short || bench bench-vae-whole vae-decode --dtype f16 --latent $L --repeat $REP
-short || measured poster-2048-budget-2G 200 "$TESSERA" render benches/gpu/poster-2048.toml --model "$SD15" \
-  --device "$DEVICE" "${size[@]}" --steps 4 --max-memory 2G --out "$OUT/poster-2048-2G.png" --json
+short || bench bench-vae-tiled-2048-host vae-decode --dtype f16 --latent $BIG --tile 512 --store-mib 0 --repeat 1
+full() { [ "${GPU_CHECK_FULL:-0}" = 1 ]; }
+full && bench bench-unet-f32 unet --dtype f32 --batch 2 --latent $L --repeat $REP
+full && bench bench-vae-whole vae-decode --dtype f16 --latent $L --repeat $REP
+short || measured poster-2048-budget-2G 120 "$TESSERA" render benches/gpu/poster-2048.toml --model "$SD15" \
+  --device "$DEVICE" "${size[@]}" --steps 2 --max-memory 2G --out "$OUT/poster-2048-2G.png" --json
 grep -E "memory budget|wrote|error" "$OUT/poster-2048-budget-2G.log" >>"$summary"
-short || torch torch-vae vae-512,vae-2048,vae-2048-tiled
+full && torch torch-vae vae-512,vae-2048,vae-2048-tiled
 # Few files come back from the GPU machine: the logs travel as one archive.
 tar czf "$OUT/logs.tgz" -C "$OUT" --exclude logs.tgz --exclude '*.png' --exclude '*.safetensors' . &&
   find "$OUT" -type f ! -name logs.tgz ! -name summary.txt -delete

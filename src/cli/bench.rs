@@ -42,6 +42,10 @@ pub enum BenchCommand {
         /// Tile side in pixels (0: untiled).
         #[arg(long, default_value_t = 0)]
         tile: usize,
+        /// MiB of the tiled VAE's whole-image stores kept in memory (the device's, on a GPU),
+        /// the rest in host RAM (GPU) or files (CPU) [default: all in memory].
+        #[arg(long, value_name = "MIB")]
+        store_mib: Option<u64>,
         #[arg(long, default_value_t = 2)]
         repeat: usize,
     },
@@ -102,12 +106,14 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             device,
             latent,
             tile,
+            store_mib,
             repeat,
         } => bench::vae_decode(
             &ModelDir::open(model)?,
             &runtime(dtype, device)?,
             *latent,
             (*tile > 0).then_some(*tile),
+            store_mib.map(|m| m << 20),
             *repeat,
         )?,
     };

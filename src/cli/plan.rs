@@ -57,6 +57,7 @@ pub fn run(a: &PlanArgs) -> Result<()> {
         value["attention_mib"] = (s.attention_budget >> 20).into();
         value["vae_tile"] = s.tiles.vae.unwrap_or(0).into();
         value["dtype"] = s.precision.name().into();
+        value["window_group"] = s.window_group.into();
         println!(
             "{}",
             serde_json::to_string_pretty(&value).expect("serialisable")
@@ -65,12 +66,13 @@ pub fn run(a: &PlanArgs) -> Result<()> {
     }
     print!("{}{}", fitted.plan, fitted.estimate);
     println!(
-        "memory settings:   {}weights, attention chunks of {} MiB, VAE {}, {}",
+        "memory settings:   {}weights, up to {} windows per UNet evaluation, attention chunks of {} MiB, VAE {}, {}",
         if s.stream_weights {
             "streamed "
         } else {
             "resident "
         },
+        s.window_group,
         s.attention_budget >> 20,
         match s.tiles.vae {
             Some(t) => format!("tiles of {t} px"),

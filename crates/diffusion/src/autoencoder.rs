@@ -3,7 +3,9 @@
 //! used, from a [`VaeSource`] (a model folder), and can be released when no longer needed.
 
 use candle_core::{DType, Tensor};
+use std::ops::Range;
 use tessera_core::{Observer, Result};
+use tessera_nn::vae::tiled::{BandSink, Input};
 use tessera_nn::vae::{self, Decoder, Encoder, LatentDist, VaeConfig};
 use tessera_nn::Runtime;
 
@@ -51,17 +53,34 @@ impl<'a> Autoencoder<'a> {
     /// Encode an image (1,3,H,W) in [-1,1] to the scaled latent mean (deterministic), tiled
     /// when larger than a tile.
     pub fn encode_mean(&mut self, image: &Tensor) -> Result<Tensor> {
+        let (_, c, h, w) = image.dims4()?;
+        self.encode_mean_rows((c, h, w), &|r| image.narrow(2, r.start, r.len()))
+    }
+
+    /// [`Autoencoder::encode_mean`] of an image (C, H, W) given as rows `rows(range)` →
+    /// (1, C, rows, W): tiled, it is read band by band and never held whole.
+    pub fn encode_mean_rows(
+        &mut self,
+        (c, h, w): (usize, usize, usize),
+        rows: &dyn Fn(Range<usize>) -> candle_core::Result<Tensor>,
+    ) -> Result<Tensor> {
         let cfg = self.source.vae_config()?;
-        let (_, _, h, w) = image.dims4()?;
         let tile = self.tiled(h.max(w));
         let enc = match &mut self.encoder {
             Some(enc) => enc,
             slot => slot.insert(self.source.load_vae_encoder(&self.rt, DType::F32)?),
         };
-        let image = self.rt.to_device(image)?;
+        let rt = &self.rt;
+        let on_device = |r: Range<usize>| rt.to_device(&rows(r)?);
         let dist = match tile {
-            Some(t) => vae::tiled::encode(enc, &image, t, self.scratch)?,
-            None => LatentDist::from_parameters(&enc.forward(&image)?)?,
+            Some(t) => {
+                let input = Input::Rows {
+                    dims: (c, h, w),
+                    rows: &on_device,
+                };
+                vae::tiled::encode_input(enc, input, t, self.scratch)?
+            }
+            None => LatentDist::from_parameters(&enc.forward(&on_device(0..h)?)?)?,
         };
         Ok((dist.mean * cfg.scaling_factor)?)
     }
@@ -70,27 +89,42 @@ impl<'a> Autoencoder<'a> {
     /// half-precision decode that overflows (a known SD VAE problem) is redone in f32, and the
     /// user is told.
     pub fn decode(&mut self, latents: &Tensor, observer: &dyn Observer) -> Result<Tensor> {
+        let mut bands = Vec::new();
+        self.decode_bands(latents, observer, &mut |_, band| {
+            bands.push(band);
+            Ok(())
+        })?;
+        Ok(Tensor::cat(&bands, 2)?)
+    }
+
+    /// [`Autoencoder::decode`], handing the image (f32, in [-1, 1]) to `sink` in bands of
+    /// whole rows, top to bottom: tiled, the whole picture is never held.
+    pub fn decode_bands(
+        &mut self,
+        latents: &Tensor,
+        observer: &dyn Observer,
+        sink: &mut BandSink,
+    ) -> Result<()> {
         let cfg = self.source.vae_config()?;
         let scaled = (latents / cfg.scaling_factor)?;
         let (_, _, h, w) = latents.dims4()?;
         if let Some(t) = self.tiled(cfg.factor() * h.max(w)) {
             // Tiles travel through f32 scratch stores, so the tiled decoder runs in f32.
             let scratch = self.scratch;
-            return Ok(vae::tiled::decode(
-                self.decoder(DType::F32)?,
-                &scaled,
-                t,
-                scratch,
+            let decoder = self.decoder(DType::F32)?;
+            return Ok(vae::tiled::decode_bands(
+                decoder, &scaled, t, scratch, sink,
             )?);
         }
         let dtype = self.rt.vae_dtype(cfg.force_upcast);
-        let image = self.whole_decode(&scaled, dtype)?;
-        if dtype == DType::F32 || all_finite(&image)? {
-            return Ok(image);
+        let mut image = self.whole_decode(&scaled, dtype)?;
+        if dtype != DType::F32 && !all_finite(&image)? {
+            observer.note(
+                "note: the VAE overflowed in half precision (NaN/Inf); decoding again in f32",
+            );
+            image = self.whole_decode(&scaled, DType::F32)?;
         }
-        observer
-            .note("note: the VAE overflowed in half precision (NaN/Inf); decoding again in f32");
-        self.whole_decode(&scaled, DType::F32)
+        Ok(sink(0, image)?)
     }
 
     fn whole_decode(&mut self, scaled: &Tensor, dtype: DType) -> Result<Tensor> {

@@ -16,10 +16,28 @@ pub struct Cond {
 }
 
 impl Cond {
-    /// The conditional half alone (batch 1), for guidance <= 1.
-    fn conditional(&self) -> Result<(Tensor, Option<Tensor>)> {
-        let pooled = self.pooled.as_ref().map(|p| p.i(1..2)).transpose()?;
-        Ok((self.context.i(1..2)?, pooled))
+    /// Whether the unconditional branch runs (diffusers skips it for guidance <= 1).
+    pub fn guided(&self) -> bool {
+        self.guidance > 1.0
+    }
+
+    /// The embeddings the network sees for this cond: both halves, or the conditional alone.
+    fn inputs(&self) -> Result<(Tensor, Option<Tensor>)> {
+        match self.guided() {
+            true => Ok((self.context.clone(), self.pooled.clone())),
+            false => {
+                let pooled = self.pooled.as_ref().map(|p| p.i(1..2)).transpose()?;
+                Ok((self.context.i(1..2)?, pooled))
+            }
+        }
+    }
+
+    /// Whether windows under `self` and `other` can share one network evaluation.
+    pub fn batches_with(&self, other: &Cond) -> bool {
+        self.guided() == other.guided()
+            && self.context.dims() == other.context.dims()
+            && self.pooled.as_ref().map(|p| p.dims().to_vec())
+                == other.pooled.as_ref().map(|p| p.dims().to_vec())
     }
 }
 
@@ -33,23 +51,63 @@ pub fn guided_eps(
     cond: &Cond,
     at: &Placement,
 ) -> Result<Tensor> {
+    let mut eps = guided_eps_group(
+        predictor,
+        sched,
+        std::slice::from_ref(latents),
+        t,
+        &[cond],
+        std::slice::from_ref(at),
+    )?;
+    Ok(eps.remove(0))
+}
+
+/// Guided predictions for several crops of one shape in one network evaluation (their batches
+/// stacked: `[u1, c1, u2, c2, …]`), so each layer's weights are used once per group of
+/// windows rather than once per window. The conds must batch together
+/// ([`Cond::batches_with`]).
+pub fn guided_eps_group(
+    predictor: &dyn NoisePredictor,
+    sched: &dyn Scheduler,
+    crops: &[Tensor],
+    t: f64,
+    conds: &[&Cond],
+    at: &[Placement],
+) -> Result<Vec<Tensor>> {
     let dtype = predictor.dtype();
-    if cond.guidance <= 1.0 {
-        let x = sched.scale_model_input(latents, t)?.to_dtype(dtype)?;
-        let (context, pooled) = cond.conditional()?;
-        let out = predictor.predict(&x, t, &context.to_dtype(dtype)?, pooled.as_ref(), at)?;
-        return out.to_dtype(DType::F32);
+    let guided = conds[0].guided();
+    let copies = if guided { 2 } else { 1 };
+    let mut xs = Vec::with_capacity(crops.len() * copies);
+    let (mut contexts, mut pooled) = (Vec::new(), Vec::new());
+    for (crop, cond) in crops.iter().zip(conds) {
+        for _ in 0..copies {
+            xs.push(crop.clone());
+        }
+        let (context, p) = cond.inputs()?;
+        contexts.push(context.to_dtype(dtype)?);
+        pooled.extend(p);
     }
-    let x = sched.scale_model_input(&Tensor::cat(&[latents, latents], 0)?, t)?;
+    let x = sched.scale_model_input(&Tensor::cat(&xs, 0)?, t)?;
+    let pooled = match pooled.is_empty() {
+        true => None,
+        false => Some(Tensor::cat(&pooled, 0)?),
+    };
     let out = predictor
         .predict(
             &x.to_dtype(dtype)?,
             t,
-            &cond.context.to_dtype(dtype)?,
-            cond.pooled.as_ref(),
+            &Tensor::cat(&contexts, 0)?,
+            pooled.as_ref(),
             at,
         )?
         .to_dtype(DType::F32)?;
-    let (u, c) = (out.i(0..1)?, out.i(1..2)?);
-    &u + ((c - &u)? * cond.guidance)?
+    (0..crops.len())
+        .map(|k| match guided {
+            false => out.i(k..k + 1),
+            true => {
+                let (u, c) = (out.i(2 * k..2 * k + 1)?, out.i(2 * k + 1..2 * k + 2)?);
+                &u + ((c - &u)? * conds[k].guidance)?
+            }
+        })
+        .collect()
 }

@@ -1,7 +1,7 @@
 //! One denoising pass over a latent canvas: the guide pass and the canvas pass are both this,
 //! differing only in size, windows, conditionings, start and image regions.
 
-use crate::guidance::{guided_eps, Cond};
+use crate::guidance::{guided_eps_group, Cond};
 use crate::mixture::{Blend, Window};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::predictor::{NoisePredictor, Placement};
@@ -42,6 +42,8 @@ pub struct PassSpec<'a> {
     pub ancestral_seed: u64,
     /// The canvas size in pixels, for windows' placement.
     pub canvas_px: (usize, usize),
+    /// At most this many windows share one network evaluation (see [`Pass::group`]).
+    pub group: usize,
 }
 
 /// The schedule index a re-noised start begins at: `steps - int(steps * strength)`.
@@ -80,6 +82,7 @@ pub fn denoise(
         windows: spec.windows,
         conds: spec.conds,
         canvas_px: spec.canvas_px,
+        group: spec.group,
         observer,
     };
     let mut ancestral = SeededNoise::new(spec.ancestral_seed);
@@ -99,6 +102,10 @@ pub struct Pass<'a> {
     pub windows: &'a [Window],
     pub conds: &'a [Cond],
     pub canvas_px: (usize, usize),
+    /// At most this many windows of one shape (and batchable conds) share one network
+    /// evaluation: each layer's weights are then used (or, streamed, read) once per group, at
+    /// the cost of the group's activations. 1: window by window.
+    pub group: usize,
     pub observer: &'a dyn Observer,
 }
 
@@ -131,16 +138,29 @@ impl Pass<'_> {
                 .status(&format!("step {}/{}", k + 1, timesteps.len()));
             let eps = if single {
                 // One window covering everything is plain txt2img: skip the blend so it is exact.
-                self.window_eps(&self.windows[0], sched, &latents, t)?
+                self.group_eps(
+                    &[&self.windows[0]],
+                    sched,
+                    std::slice::from_ref(&latents),
+                    t,
+                )?
+                .remove(0)
             } else {
                 let mut blend = Blend::new(&latents)?;
-                for win in self.windows {
-                    let r = win.rect;
-                    let crop = latents
-                        .i((.., .., r.y..r.y + r.h, r.x..r.x + r.w))?
-                        .contiguous()?;
-                    let eps = self.window_eps(win, sched, &crop, t)?;
-                    blend.add(r, &eps, &win.weights)?;
+                for group in self.groups() {
+                    let crops = group
+                        .iter()
+                        .map(|w| {
+                            let r = w.rect;
+                            latents
+                                .i((.., .., r.y..r.y + r.h, r.x..r.x + r.w))?
+                                .contiguous()
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    let eps = self.group_eps(&group, sched, &crops, t)?;
+                    for (win, eps) in group.iter().zip(&eps) {
+                        blend.add(win.rect, eps, &win.weights)?;
+                    }
                 }
                 blend.finish()?
             };
@@ -151,22 +171,49 @@ impl Pass<'_> {
         Ok(latents)
     }
 
-    fn window_eps(
+    /// The windows in evaluation groups: consecutive windows of one shape whose conds batch
+    /// together, at most `group` of them. The blend still adds them in window order.
+    fn groups(&self) -> Vec<Vec<&Window>> {
+        let mut groups: Vec<Vec<&Window>> = Vec::new();
+        for win in self.windows {
+            match groups.last_mut() {
+                Some(g)
+                    if g.len() < self.group.max(1)
+                        && (g[0].rect.h, g[0].rect.w) == (win.rect.h, win.rect.w)
+                        && self.conds[g[0].cond].batches_with(&self.conds[win.cond]) =>
+                {
+                    g.push(win)
+                }
+                _ => groups.push(vec![win]),
+            }
+        }
+        groups
+    }
+
+    fn group_eps(
         &self,
-        win: &Window,
+        group: &[&Window],
         sched: &dyn Scheduler,
-        crop: &Tensor,
+        crops: &[Tensor],
         t: f64,
-    ) -> Result<Tensor> {
+    ) -> Result<Vec<Tensor>> {
         interrupt::check()?;
-        let r = win.rect.scaled(8);
-        let at = Placement {
-            canvas: self.canvas_px,
-            offset: (r.x, r.y),
-            size: (r.w, r.h),
-        };
-        let eps = guided_eps(self.predictor, sched, crop, t, &self.conds[win.cond], &at)?;
-        self.observer.advance();
+        let at: Vec<Placement> = group
+            .iter()
+            .map(|w| {
+                let r = w.rect.scaled(8);
+                Placement {
+                    canvas: self.canvas_px,
+                    offset: (r.x, r.y),
+                    size: (r.w, r.h),
+                }
+            })
+            .collect();
+        let conds: Vec<&Cond> = group.iter().map(|w| &self.conds[w.cond]).collect();
+        let eps = guided_eps_group(self.predictor, sched, crops, t, &conds, &at)?;
+        for _ in group {
+            self.observer.advance();
+        }
         Ok(eps)
     }
 }

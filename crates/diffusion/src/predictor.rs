@@ -27,14 +27,15 @@ impl Placement {
 pub trait NoisePredictor {
     /// The predicted noise for `x` (B, C, h, w) at timestep `t`, given text embeddings
     /// `context` (B, tokens, D) and, for families that take them, pooled embeddings (B, P),
-    /// for a window placed at `at`.
+    /// for windows placed at `at`: one placement per window, each window's samples
+    /// (B / `at.len()` of them: unconditional and conditional) consecutive in the batch.
     fn predict(
         &self,
         x: &Tensor,
         t: f64,
         context: &Tensor,
         pooled: Option<&Tensor>,
-        at: &Placement,
+        at: &[Placement],
     ) -> Result<Tensor>;
 
     /// The dtype inputs are given in.
@@ -49,7 +50,7 @@ impl NoisePredictor for UNet {
         t: f64,
         context: &Tensor,
         _: Option<&Tensor>,
-        _: &Placement,
+        _: &[Placement],
     ) -> Result<Tensor> {
         self.forward(x, t, context)
     }

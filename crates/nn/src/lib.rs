@@ -11,6 +11,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod device_memory;
 pub mod kernels;
 pub mod layers;
 pub mod runtime;

@@ -28,6 +28,12 @@ const STREAMED_LAYER_COPIES: f64 = 2.2;
 const VAE_TILE_UNITS: f64 = 4.6;
 /// Headroom kept free under a budget for what the estimate cannot see (page cache, jitter).
 const HEADROOM: f64 = 0.9;
+/// Windows share a UNet evaluation while that raises the estimated peak by at most this share:
+/// memory stays that of one window, and the tiny model's per-layer overhead is paid once per
+/// group rather than once per window.
+const GROUP_GROWTH: f64 = 0.10;
+/// The most windows one evaluation takes.
+const MAX_GROUP: usize = 16;
 
 /// Sizes the estimate needs, from configs and weight headers (no weights are loaded).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -47,6 +53,9 @@ pub struct MemoryFacts {
     /// Whether attention materialises chunks of scores (candle's path, GPUs) rather than
     /// streaming them through registers (the AVX-512 flash kernel).
     pub attention_scores: bool,
+    /// On a GPU (the estimate is then of device memory), its memory free when planning began
+    /// (0: the device cannot say); `None` on the CPU.
+    pub device_free: Option<u64>,
 }
 
 /// What planning needs to know of a model, read from configs and weight headers (no weights).
@@ -117,6 +126,9 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
     let cfg = plan.prompts.iter().any(|p| p.guidance > 1.0);
     let unet = |window: (usize, usize)| unet_peak(m, s, unet_bytes, window, cfg);
     let vae_tile = |w: usize, h: usize| s.tiles.vae.unwrap_or(w.max(h)).min(w.max(h)) as u64;
+    // A tiled pass streams the picture (the guide's upscale in, PNG rows out) band by band;
+    // only a one-piece pass holds it whole.
+    let tiled = |w: usize, h: usize| s.tiles.vae.is_some_and(|t| w.max(h) > t);
     let tile_act =
         |side: u64| (VAE_TILE_UNITS * (side * side * m.vae_channels as u64 * 4) as f64) as u64;
     let image = |w: usize, h: usize| (w * h * 3 * 4) as u64;
@@ -125,8 +137,8 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
     let encode_prompts = BASE
         + m.text_encoder_params * s.precision.size() as u64
         + plan.prompts.len() as u64 * 2 * 77 * 1024 * 4;
-    // The decoded picture is held once (f32); the encoder holds the upscaled guide and its
-    // copy in the scratch store's write buffer.
+    // In one piece the decoded picture is held once (f32); the encoder holds its input and a
+    // copy.
     // The mid-block attention holds keys and values of every latent pixel (f32), and on
     // candle's path score chunks of at most 64 MiB with their softmax.
     let mid_attention = |w: usize, h: usize| {
@@ -134,12 +146,12 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
         kv + if m.attention_scores { 2 * 64 * MIB } else { 0 }
     };
     let decode_at = |w: usize, h: usize| {
-        m.vae_decoder_params * 4 + tile_act(vae_tile(w, h)).max(mid_attention(w, h)) + image(w, h)
+        let picture = if tiled(w, h) { 0 } else { image(w, h) };
+        m.vae_decoder_params * 4 + tile_act(vae_tile(w, h)).max(mid_attention(w, h)) + picture
     };
     let encode_at = |w: usize, h: usize| {
-        m.vae_encoder_params * 4
-            + tile_act(vae_tile(w, h)).max(mid_attention(w, h))
-            + 2 * image(w, h)
+        let picture = if tiled(w, h) { 0 } else { 2 * image(w, h) };
+        m.vae_encoder_params * 4 + tile_act(vae_tile(w, h)).max(mid_attention(w, h)) + picture
     };
     // A decoder that decoded the guide and stays for the final decode.
     let kept_decoder = match &plan.guide {
@@ -175,7 +187,7 @@ fn conv_dtype_bytes(s: &Settings) -> u64 {
 /// The UNet's own peak on one window: weights held, plus the larger of the window-resolution
 /// activations and (when streaming) the largest layer in flight.
 fn unet_peak(m: &MemoryFacts, s: &Settings, bytes: u64, window: (usize, usize), cfg: bool) -> u64 {
-    let batch = if cfg { 2 } else { 1 };
+    let batch = if cfg { 2 } else { 1 } * s.window_group.max(1) as u64;
     let tokens = (window.0 / 8 * window.1 / 8) as u64;
     let unit = batch * tokens * m.unet_channels as u64 * 4;
     let scores = batch * m.unet_heads as u64 * tokens * tokens * 4;
@@ -218,9 +230,16 @@ pub fn fit(s: &Settings, facts: &ModelFacts) -> Result<Fitted> {
     let mut s = s.clone();
     let (mut plan, mut est) = planned(&s, facts)?;
     let Some(budget) = s.max_memory else {
+        est = group_windows(&mut s, &plan, &facts.memory, est, u64::MAX);
         // No budget: the tiled VAE may keep in RAM what the render's peak phase will use
         // anyway, so the picture never raises the peak (the rest of its scratch goes to files).
-        s.vae_scratch = Some(est.peak().saturating_sub(est.guide_pass.max(est.decode)));
+        // On a GPU its stores take what the device has free (through host RAM a 2048² decode
+        // took 62 s instead of 3.7 s on an H200), so a small card spills rather than fails.
+        s.vae_scratch = match facts.memory.device_free {
+            None => Some(est.peak().saturating_sub(est.guide_pass.max(est.decode))),
+            Some(0) => None,
+            Some(free) => Some(((free as f64 * HEADROOM) as u64).saturating_sub(est.peak())),
+        };
         return Ok(Fitted {
             settings: s,
             plan,
@@ -292,6 +311,7 @@ pub fn fit(s: &Settings, facts: &ModelFacts) -> Result<Fitted> {
             }
         }
     }
+    est = group_windows(&mut s, &plan, &facts.memory, est, limit);
     // The estimate counts the tiled VAE's scratch as files; what it leaves free may hold it.
     s.vae_scratch = Some(limit.saturating_sub(est.peak()));
     let chosen = changes(original, &s);
@@ -301,6 +321,35 @@ pub fn fit(s: &Settings, facts: &ModelFacts) -> Result<Fitted> {
         estimate: est,
         chosen,
     })
+}
+
+/// The most windows per UNet evaluation that raise the estimated peak by at most
+/// [`GROUP_GROWTH`] and stay within `limit`; returns the estimate with them.
+fn group_windows(
+    s: &mut Settings,
+    plan: &Plan,
+    m: &MemoryFacts,
+    one: Estimate,
+    limit: u64,
+) -> Estimate {
+    let per_step = plan
+        .guide
+        .as_ref()
+        .map_or(0, |g| g.windows.len())
+        .max(plan.windows.len())
+        .min(MAX_GROUP);
+    let ceiling = ((one.peak() as f64 * (1.0 + GROUP_GROWTH)) as u64).min(limit);
+    let mut best = one;
+    for group in 2..=per_step {
+        let mut wider = s.clone();
+        wider.window_group = group;
+        let est = estimate(plan, m, &wider);
+        if est.peak() > ceiling {
+            break;
+        }
+        (s.window_group, best) = (group, est);
+    }
+    best
 }
 
 /// What a budget chose, in words, for `render` and `plan` alike.
@@ -331,6 +380,12 @@ fn changes(from: &Settings, to: &Settings) -> Vec<String> {
     }
     if let (Some((w, h)), None) = (to.tiles.size, from.tiles.size) {
         out.push(format!("windows of {w}x{h} px"));
+    }
+    if to.window_group != from.window_group {
+        out.push(format!(
+            "up to {} windows per UNet evaluation",
+            to.window_group
+        ));
     }
     if to.precision != from.precision {
         out.push(format!("{} weights", to.precision.name()));

@@ -17,6 +17,8 @@ pub struct BenchReport {
     /// Seconds per run.
     pub times: Vec<f64>,
     pub peak_rss_bytes: u64,
+    /// Peak device memory in use during the runs, as the driver counts it (GPUs only).
+    pub peak_device_bytes: Option<u64>,
     /// Lines about the setup (what was loaded, its memory).
     pub notes: Vec<String>,
 }
@@ -28,19 +30,34 @@ impl std::fmt::Display for BenchReport {
         }
         let mean = self.times.iter().sum::<f64>() / self.times.len() as f64;
         let min = self.times.iter().cloned().fold(f64::INFINITY, f64::min);
-        writeln!(
+        write!(
             f,
             "{}: mean {mean:.3} s, min {min:.3} s over {} runs; peak RSS {}",
             self.what,
             self.times.len(),
             mib(self.peak_rss_bytes)
-        )
+        )?;
+        match self.peak_device_bytes {
+            Some(bytes) => writeln!(f, "; device peak {}", mib(bytes)),
+            None => writeln!(f),
+        }
     }
 }
 
-/// Time `f` `repeat` times, after one warm-up when `repeat > 1`; returns seconds per run. A
-/// GPU's queue is drained before each clock reading (its work is asynchronous).
-fn time_runs(rt: &Runtime, repeat: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+/// Time `f` `repeat` times, after one warm-up when `repeat > 1`; returns seconds per run and,
+/// on a GPU, the device's peak memory in use. A GPU's queue is drained before each clock
+/// reading (its work is asynchronous).
+fn time_runs(
+    rt: &Runtime,
+    repeat: usize,
+    f: impl FnMut() -> Result<()>,
+) -> Result<(Vec<f64>, Option<u64>)> {
+    let watch = tessera_nn::device_memory::DeviceMemoryWatch::start(rt);
+    let times = timed(rt, repeat, f)?;
+    Ok((times, watch.map(|w| w.finish())))
+}
+
+fn timed(rt: &Runtime, repeat: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     let mut run = || -> Result<()> {
         f()?;
         Ok(rt.device.synchronize()?)
@@ -78,7 +95,7 @@ pub fn unet(
         .to_dtype(dtype)?;
     let emb = rt.to_device(&emb)?;
     let notes = vec![format!("loaded UNet ({dtype:?}); RSS {}", mib(rss_bytes()))];
-    let times = time_runs(rt, repeat, || {
+    let (times, peak_device_bytes) = time_runs(rt, repeat, || {
         unet.forward(&x, 500.0, &emb)?;
         Ok(())
     })?;
@@ -86,24 +103,27 @@ pub fn unet(
         what: format!("UNet forward ({batch},4,{latent},{latent}) {dtype:?}"),
         times,
         peak_rss_bytes: peak_rss_bytes(),
+        peak_device_bytes,
         notes,
     })
 }
 
 /// VAE decodes of a random (1, 4, latent, latent) latent, as a render decodes (tiled when the
 /// image is larger than `tile` pixels; the decoder is loaded by the first run, which is the
-/// untimed warm-up when `repeat > 1`).
+/// untimed warm-up when `repeat > 1`). `stores`: bytes of the tiled VAE's whole-image stores
+/// kept in memory (the device's, on a GPU), the rest in host RAM or files; `None`: all.
 pub fn vae_decode(
     dir: &ModelDir,
     rt: &Runtime,
     latent: usize,
     tile: Option<usize>,
+    stores: Option<u64>,
     repeat: usize,
 ) -> Result<BenchReport> {
     let z: Tensor = (SeededNoise::new(0).noise(&(1, 4, latent, latent).into())? * 0.18215)?;
     let z = rt.to_device(&z)?;
-    let mut vae = Autoencoder::new(dir, rt, tile);
-    let times = time_runs(rt, repeat, || {
+    let mut vae = Autoencoder::new(dir, rt, tile).with_scratch(stores);
+    let (times, peak_device_bytes) = time_runs(rt, repeat, || {
         vae.decode(&z, &Quiet)?;
         Ok(())
     })?;
@@ -116,6 +136,7 @@ pub fn vae_decode(
         ),
         times,
         peak_rss_bytes: peak_rss_bytes(),
+        peak_device_bytes,
         notes: Vec::new(),
     })
 }

@@ -61,6 +61,7 @@ pub fn model_facts(dir: &ModelDir, rt: &Runtime) -> Result<ModelFacts> {
                 .copied()
                 .unwrap_or(0),
             attention_scores: tessera_nn::layers::attention::materialises_scores(rt),
+            device_free: tessera_nn::device_memory::free_bytes(rt),
         },
     })
 }

@@ -27,6 +27,16 @@ pub fn tensor_to_rgb(image: &Tensor) -> Result<image::RgbImage> {
 /// Read a picture as a (1,3,h,w) tensor in [-1, 1] (`x/127.5 - 1`), resized to `(w, h)` with
 /// Lanczos3 unless it already has that size (then it is used as is).
 pub fn load_image(path: &Path, size: (usize, usize)) -> Result<Tensor> {
+    rgb_to_tensor(&open_rgb(path)?, size)
+}
+
+/// Read a picture as a (1,3,h,w) tensor in [-1, 1] at its own size.
+pub fn load_picture(path: &Path) -> Result<Tensor> {
+    let img = open_rgb(path)?;
+    rgb_to_tensor(&img, (img.width() as usize, img.height() as usize))
+}
+
+fn open_rgb(path: &Path) -> Result<image::RgbImage> {
     let img = image::open(path).map_err(|e| {
         Error::input(
             path,
@@ -35,7 +45,7 @@ pub fn load_image(path: &Path, size: (usize, usize)) -> Result<Tensor> {
             "give a PNG or JPEG file",
         )
     })?;
-    rgb_to_tensor(&img.to_rgb8(), size)
+    Ok(img.to_rgb8())
 }
 
 /// An RGB picture as a (1,3,h,w) tensor in [-1, 1], resized with Lanczos3 when needed.
@@ -60,28 +70,74 @@ pub fn rgb_to_tensor(img: &image::RgbImage, size: (usize, usize)) -> Result<Tens
 /// Resize an image tensor (1,C,h,w) to `(w, h)` with Lanczos3, in f32, values unclamped (no
 /// 8-bit rounding between the guide and its upscale, and no loss of [-1, 0) either).
 pub fn resize_tensor(image: &Tensor, (w, h): (usize, usize)) -> Result<Tensor> {
-    let (_, c, ih, iw) = image.dims4()?;
-    let planes: Vec<f32> = image.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let (cols, rows) = (taps(iw, w), taps(ih, h));
-    let mut out = vec![0f32; c * h * w];
-    let mut wide = vec![0f32; ih * w];
-    for (src, dst) in planes
-        .chunks_exact(ih * iw)
-        .zip(out.chunks_exact_mut(h * w))
-    {
-        // Rows first (to the new width), then columns (to the new height).
-        for (row_in, row_out) in src.chunks_exact(iw).zip(wide.chunks_exact_mut(w)) {
+    Resized::new(image, (w, h))?.rows(0..h)
+}
+
+/// An image resized to `(w, h)` as [`resize_tensor`] does, computed a range of rows at a time
+/// (the same values), so a canvas-sized upscale is never held whole: it holds the source
+/// resampled to the new width (source height x new width per channel).
+pub struct Resized {
+    channels: usize,
+    width: usize,
+    /// Per channel, the source's rows resampled to the new width.
+    wide: Vec<f32>,
+    source_rows: usize,
+    rows: Vec<Tap>,
+    device: candle_core::Device,
+}
+
+impl Resized {
+    /// Rows `range` of `image` resized to `size`, or of `image` itself when it has that size
+    /// (as [`rgb_to_tensor`]), without the whole result ever being held.
+    pub fn rows_of(
+        image: &Tensor,
+        size: (usize, usize),
+    ) -> Result<Box<dyn Fn(std::ops::Range<usize>) -> candle_core::Result<Tensor> + '_>> {
+        let (_, _, h, w) = image.dims4()?;
+        if (w, h) == size {
+            return Ok(Box::new(move |r| image.narrow(2, r.start, r.len())));
+        }
+        let resized = Self::new(image, size)?;
+        Ok(Box::new(move |r| {
+            resized.rows(r).map_err(candle_core::Error::wrap)
+        }))
+    }
+
+    pub fn new(image: &Tensor, (w, h): (usize, usize)) -> Result<Self> {
+        let (_, c, ih, iw) = image.dims4()?;
+        let planes: Vec<f32> = image.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let cols = taps(iw, w);
+        let mut wide = vec![0f32; c * ih * w];
+        // Rows first (to the new width); columns (to the new height) when rows are asked for.
+        for (row_in, row_out) in planes.chunks_exact(iw).zip(wide.chunks_exact_mut(w)) {
             for (o, tap) in row_out.iter_mut().zip(&cols) {
                 *o = tap.apply(|i| row_in[i]);
             }
         }
-        for (y, tap) in rows.iter().enumerate() {
-            for x in 0..w {
-                dst[y * w + x] = tap.apply(|i| wide[i * w + x]);
+        Ok(Self {
+            channels: c,
+            width: w,
+            wide,
+            source_rows: ih,
+            rows: taps(ih, h),
+            device: image.device().clone(),
+        })
+    }
+
+    /// Rows `range` of the resized image, (1, C, rows, w).
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Result<Tensor> {
+        let (c, w, n) = (self.channels, self.width, range.len());
+        let mut out = vec![0f32; c * n * w];
+        for (ch, dst) in out.chunks_exact_mut(n * w).enumerate() {
+            let wide = &self.wide[ch * self.source_rows * w..][..self.source_rows * w];
+            for (k, tap) in self.rows[range.clone()].iter().enumerate() {
+                for x in 0..w {
+                    dst[k * w + x] = tap.apply(|i| wide[i * w + x]);
+                }
             }
         }
+        Ok(Tensor::from_vec(out, (1, c, n, w), &self.device)?)
     }
-    Ok(Tensor::from_vec(out, (1, c, h, w), image.device())?)
 }
 
 /// One output sample of a 1-D resampling: normalised weights over inputs `start..`.
@@ -193,5 +249,30 @@ mod tests {
             let flat: Vec<f32> = flat.flatten_all().unwrap().to_vec1().unwrap();
             assert!(flat.iter().all(|&x| (x + 0.75).abs() < 1e-5), "{w}x{h}");
         }
+    }
+
+    /// Rows asked for in bands are the rows of the whole resize, bit for bit (the guide's
+    /// upscale is encoded band by band).
+    #[test]
+    fn banded_rows_equal_the_whole_resize() {
+        let v: Vec<f32> = (0..3 * 24 * 40)
+            .map(|i| ((i * 53) % 97) as f32 / 48.0 - 1.0)
+            .collect();
+        let image = tensor(v, 3, 24, 40);
+        let whole: Vec<f32> = resize_tensor(&image, (100, 61))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let rows = Resized::rows_of(&image, (100, 61)).unwrap();
+        let bands: Vec<Tensor> = [0..7, 7..40, 40..61].map(|r| rows(r).unwrap()).into();
+        let banded: Vec<f32> = Tensor::cat(&bands, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(whole, banded);
     }
 }

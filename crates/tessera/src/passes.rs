@@ -82,6 +82,7 @@ impl<'a> Denoiser<'a> {
             image_regions: &[],
             ancestral_seed: self.settings.seed + 1,
             canvas_px,
+            group: self.settings.window_group,
         }
     }
 
@@ -89,7 +90,7 @@ impl<'a> Denoiser<'a> {
     pub fn guide(&self, g: &GuidePlan, conds: &[Cond], vae: &mut Autoencoder) -> Result<Guide> {
         let (s, plan) = (self.settings, self.plan);
         let (image, picture) = match &g.image {
-            Some(path) => (imageio::load_image(path, (plan.width, plan.height))?, None),
+            Some(path) => (imageio::load_picture(path)?, None),
             None => {
                 let conds: Vec<Cond> = conds
                     .iter()
@@ -112,12 +113,14 @@ impl<'a> Denoiser<'a> {
                 output::save_png(&path, &imageio::tensor_to_rgb(&guide)?, &[])?;
                 let note = format!("guide: {}x{} -> {}", g.width, g.height, path.display());
                 self.observer.note(&note);
-                let size = (plan.width, plan.height);
-                (imageio::resize_tensor(&guide, size)?, Some(path))
+                (guide, Some(path))
             }
         };
+        // Upscaled and encoded band by band: the canvas-sized picture is never held.
+        let upscaled = imageio::Resized::rows_of(&image, (plan.width, plan.height))?;
+        let dims = (image.dim(1)?, plan.height, plan.width);
         Ok(Guide {
-            latents: vae.encode_mean(&image)?,
+            latents: vae.encode_mean_rows(dims, &upscaled)?,
             picture,
         })
     }

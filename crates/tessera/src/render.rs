@@ -39,17 +39,12 @@ pub fn render(settings: &Settings, obs: &dyn Observer) -> Result<RenderReport> {
     // 1. The model and the plan, fitted to the memory budget; the device.
     let model = ModelDir::open(model_path(settings))?;
     let rt = open_runtime(settings)?;
-    let mut fitted = budget::fit(settings, &model_facts(&model, &rt)?)?;
-    if !rt.device.is_cpu() && fitted.settings.max_memory.is_none() {
-        // On a GPU without a budget the tiled VAE keeps its stores in device memory: through
-        // host RAM a 2048² decode took 62 s instead of 3.7 s (H200, pageable copies).
-        fitted.settings.vae_scratch = None;
-    }
+    let fitted = budget::fit(settings, &model_facts(&model, &rt)?)?;
     announce_budget(&fitted, obs);
     let (s, plan) = (&fitted.settings, &fitted.plan);
     let rt = rt.with_precision(s.precision);
     obs.note(&format!("device: {}", rt.device_name()));
-    let mut phases = PhaseReport::new(fitted.estimate);
+    let mut phases = PhaseReport::new(fitted.estimate).on_device(&rt);
     // 2. The prompts; the text encoder goes with them.
     let conds = phases.run("encode prompts", || {
         encode_prompts(&model, &rt, &plan.prompts)
@@ -71,11 +66,17 @@ pub fn render(settings: &Settings, obs: &dyn Observer) -> Result<RenderReport> {
     if let Some(path) = &s.save_latents {
         output::save_tensors(path, &[("latents", &latents)])?;
     }
-    // 6. Decode, and write the picture with its settings.
-    let image = phases.run("decode", || vae.decode(&latents, obs))?;
-    drop(vae);
+    // 6. Decode into the picture with its settings, written as the bands come.
     let text = png_text(s, &model, plan, scheduler);
-    output::save_png(&s.output, &imageio::tensor_to_rgb(&image)?, &text)?;
+    phases.run("decode", || {
+        output::save_png_rows(&s.output, (plan.width, plan.height), &text, |put| {
+            vae.decode_bands(&latents, obs, &mut |_, band| {
+                let rgb = imageio::tensor_to_rgb(&band).map_err(candle_core::Error::wrap)?;
+                put(rgb.as_raw()).map_err(candle_core::Error::wrap)
+            })
+        })
+    })?;
+    drop(vae);
     Ok(RenderReport {
         output: s.output.clone(),
         guide: guide.and_then(|g| g.picture),

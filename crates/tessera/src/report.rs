@@ -47,6 +47,9 @@ pub struct PhaseReport {
     pub phases: Vec<Phase>,
     /// The plan's estimate of each phase's peak, shown beside the measured one.
     pub estimate: Option<tessera_plan::budget::Estimate>,
+    /// The GPU whose memory each phase also measures (`None`: the CPU).
+    #[serde(skip)]
+    pub device: Option<tessera_nn::Runtime>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -54,6 +57,9 @@ pub struct Phase {
     pub name: String,
     pub seconds: f64,
     pub peak_rss_bytes: u64,
+    /// Peak device memory in use during the phase as the driver counts it (GPU runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_device_bytes: Option<u64>,
 }
 
 impl PhaseReport {
@@ -62,7 +68,14 @@ impl PhaseReport {
         Self {
             phases: Vec::new(),
             estimate: Some(estimate),
+            device: None,
         }
+    }
+
+    /// Also measure each phase's peak memory on `rt`'s device, when it is a GPU.
+    pub fn on_device(mut self, rt: &tessera_nn::Runtime) -> Self {
+        self.device = (!rt.device.is_cpu()).then(|| rt.clone());
+        self
     }
 
     /// Run `f` as phase `name`: the peak is reset first, so it is this phase's own.
@@ -72,12 +85,17 @@ impl PhaseReport {
         f: impl FnOnce() -> tessera_core::Result<T>,
     ) -> tessera_core::Result<T> {
         reset_peak();
+        let watch = self
+            .device
+            .as_ref()
+            .and_then(tessera_nn::device_memory::DeviceMemoryWatch::start);
         let start = std::time::Instant::now();
         let out = f()?;
         self.phases.push(Phase {
             name: name.to_string(),
             seconds: start.elapsed().as_secs_f64(),
             peak_rss_bytes: peak_rss_bytes(),
+            peak_device_bytes: watch.map(|w| w.finish()),
         });
         Ok(out)
     }
@@ -92,11 +110,26 @@ impl PhaseReport {
 }
 
 impl std::fmt::Display for PhaseReport {
+    /// On a GPU the estimate is of device memory (what `--max-memory` budgets there), so the
+    /// ratio is the device peak's; on the CPU it is the RSS peak's.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gpu = self.phases.iter().any(|p| p.peak_device_bytes.is_some());
+        let device_column = |text: String| {
+            if gpu {
+                format!(" {text:>12}")
+            } else {
+                String::new()
+            }
+        };
         writeln!(
             f,
-            "{:<16} {:>9} {:>12} {:>12} {:>9}",
-            "phase", "time", "peak RSS", "estimate", "measured/estimate"
+            "{:<16} {:>9} {:>12}{} {:>12} {:>9}",
+            "phase",
+            "time",
+            "peak RSS",
+            device_column("device peak".into()),
+            "estimate",
+            "measured/estimate"
         )?;
         for p in &self.phases {
             let estimate = self.estimate.as_ref().and_then(|e| {
@@ -105,16 +138,18 @@ impl std::fmt::Display for PhaseReport {
                     .find(|(name, _)| *name == p.name)
                     .map(|(_, bytes)| bytes)
             });
+            let measured = p.peak_device_bytes.unwrap_or(p.peak_rss_bytes);
             let (est, ratio) = match estimate {
-                Some(e) if e > 0 => (mib(e), format!("{:.2}", p.peak_rss_bytes as f64 / e as f64)),
+                Some(e) if e > 0 => (mib(e), format!("{:.2}", measured as f64 / e as f64)),
                 _ => ("-".into(), "-".into()),
             };
             writeln!(
                 f,
-                "{:<16} {:>8.1}s {:>12} {:>12} {:>9}",
+                "{:<16} {:>8.1}s {:>12}{} {:>12} {:>9}",
                 p.name,
                 p.seconds,
                 mib(p.peak_rss_bytes),
+                device_column(p.peak_device_bytes.map(mib).unwrap_or_default()),
                 est,
                 ratio
             )?;

@@ -26,6 +26,9 @@ pub struct Affine {
     pub shift: Vec<f32>,
     pub channels: usize,
     pub silu: bool,
+    /// `(scale, shift)` as (B, C, 1, 1) f32 tensors where they were computed on a GPU (then
+    /// `scale` and `shift` are empty: reading them back would stall the device's queue).
+    pub on_device: Option<(Tensor, Tensor)>,
 }
 
 impl Affine {
@@ -33,8 +36,13 @@ impl Affine {
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let b = x.dim(0)?;
         let shape = (b, self.channels, 1, 1);
-        let scale = Tensor::from_slice(&self.scale, shape, x.device())?;
-        let shift = Tensor::from_slice(&self.shift, shape, x.device())?;
+        let (scale, shift) = match &self.on_device {
+            Some((scale, shift)) => (scale.clone(), shift.clone()),
+            None => (
+                Tensor::from_slice(&self.scale, shape, x.device())?,
+                Tensor::from_slice(&self.shift, shape, x.device())?,
+            ),
+        };
         let dtype = x.dtype();
         let y = x
             .to_dtype(candle_core::DType::F32)?

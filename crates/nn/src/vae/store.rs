@@ -192,8 +192,4 @@ impl Store {
             }
         }
     }
-
-    pub fn read_all(&self) -> Result<Tensor> {
-        self.read_rows(0..self.h)
-    }
 }

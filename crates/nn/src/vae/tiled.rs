@@ -125,14 +125,22 @@ impl Segment<'_> {
         let c = self.conv.out_channels();
         let mut out = Store::new(c, h, w, scratch)?;
         let mut stats = GroupStats::new(c);
+        self.each_band(input, t, &mut |r0, y| {
+            stats.add(&y)?;
+            out.write_rows(r0, &y)
+        })?;
+        Ok((out, stats))
+    }
+
+    /// Compute the output band by band, top to bottom: `f(first_row, band)`.
+    fn each_band(&self, input: &Store, t: &Tiling, f: &mut BandSink) -> Result<()> {
+        let (h, w) = self.out_dims(input.h, input.w);
         let rows = t.rows(h, w);
         for r0 in (0..h).step_by(rows) {
             tessera_core::interrupt::check_candle()?;
-            let y = self.band(input, r0..(r0 + rows).min(h))?;
-            stats.add(&y)?;
-            out.write_rows(r0, &y)?;
+            f(r0, self.band(input, r0..(r0 + rows).min(h))?)?;
         }
-        Ok((out, stats))
+        Ok(())
     }
 }
 
@@ -235,9 +243,32 @@ fn attention(
     Ok((out, stats))
 }
 
-/// Run a program band by band from `input`; returns the last store.
-fn run(ops: &[Op], input: &Tensor, tile_px: usize, scratch: Option<u64>) -> Result<Store> {
-    let (_, _, h, w) = input.dims4()?;
+/// Where a band of a pass's output goes: `f(first_row, (1, C, rows, W))`, top to bottom.
+pub type BandSink<'a> = dyn FnMut(usize, Tensor) -> Result<()> + 'a;
+
+/// A pass's input: a whole tensor, or `(channels, height, width)` and a function giving any
+/// range of its rows as (1, C, rows, W), so the input is never held whole.
+pub enum Input<'a> {
+    Whole(&'a Tensor),
+    Rows {
+        dims: (usize, usize, usize),
+        rows: &'a dyn Fn(Range<usize>) -> Result<Tensor>,
+    },
+}
+
+/// Run a program band by band from `input`; the last layer's output goes to `sink` band by
+/// band when the last layer is a convolution (else it is stored and read back in bands).
+fn run(
+    ops: &[Op],
+    input: Input,
+    tile_px: usize,
+    scratch: Option<u64>,
+    sink: &mut BandSink,
+) -> Result<()> {
+    let (h, w) = match &input {
+        Input::Whole(t) => (t.dim(2)?, t.dim(3)?),
+        Input::Rows { dims, .. } => (dims.1, dims.2),
+    };
     let upsamplings = ops
         .iter()
         .filter(|op| {
@@ -254,10 +285,31 @@ fn run(ops: &[Op], input: &Tensor, tile_px: usize, scratch: Option<u64>) -> Resu
         tile_px,
         image: (h << upsamplings, w << upsamplings),
     };
-    let scratch = Scratch::new(scratch, input);
-    let mut x = Store::from_tensor(input, &scratch)?;
+    let (mut x, scratch) = match input {
+        Input::Whole(t) => {
+            let scratch = Scratch::new(scratch, t);
+            (Store::from_tensor(t, &scratch)?, scratch)
+        }
+        Input::Rows {
+            dims: (c, h, w),
+            rows,
+        } => {
+            let band = t.rows(h, w);
+            let first = rows(0..band.min(h))?;
+            let scratch = Scratch::new(scratch, &first);
+            let mut store = Store::new(c, h, w, &scratch)?;
+            store.write_rows(0, &first)?;
+            for r0 in (band..h).step_by(band) {
+                store.write_rows(r0, &rows(r0..(r0 + band).min(h))?)?;
+            }
+            (store, scratch)
+        }
+    };
     // Statistics of `x`, gathered as it was written (none for the input).
     let mut sx: Option<GroupStats> = None;
+    let Some((last, ops)) = ops.split_last() else {
+        return each_stored_band(&x, &t, sink);
+    };
     for op in ops {
         let stats_of_input = || {
             sx.as_ref().ok_or_else(|| {
@@ -287,14 +339,74 @@ fn run(ops: &[Op], input: &Tensor, tile_px: usize, scratch: Option<u64>) -> Resu
         };
         (x, sx) = (y, Some(sy));
     }
-    Ok(x)
+    match last {
+        Op::Conv {
+            pre,
+            conv,
+            sampling,
+        } => {
+            let pre = match pre {
+                Some(norm) => Some(norm.affine_with(stats_of(&sx)?, true)),
+                None => None,
+            };
+            let seg = Segment {
+                pre,
+                conv,
+                kind: *sampling,
+                residual: None,
+            };
+            seg.each_band(&x, &t, sink)
+        }
+        Op::Resnet(r) => {
+            each_stored_band(&resnet(r, &x, stats_of(&sx)?, &t, &scratch)?.0, &t, sink)
+        }
+        Op::Attention(a) => {
+            each_stored_band(&attention(a, &x, stats_of(&sx)?, &t, &scratch)?.0, &t, sink)
+        }
+    }
+}
+
+fn stats_of(sx: &Option<GroupStats>) -> Result<&GroupStats> {
+    sx.as_ref().ok_or_else(|| {
+        candle_core::Error::Msg("a GroupNorm reads an output without statistics".into())
+    })
+}
+
+fn each_stored_band(store: &Store, t: &Tiling, sink: &mut BandSink) -> Result<()> {
+    let rows = t.rows(store.h, store.w);
+    for r0 in (0..store.h).step_by(rows) {
+        sink(r0, store.read_rows(r0..(r0 + rows).min(store.h))?)?;
+    }
+    Ok(())
+}
+
+/// Collect a pass's bands into one tensor.
+fn whole(f: impl FnOnce(&mut BandSink) -> Result<()>) -> Result<Tensor> {
+    let mut bands = Vec::new();
+    f(&mut |_, band| {
+        bands.push(band);
+        Ok(())
+    })?;
+    Tensor::cat(&bands, 2)
 }
 
 /// Decode `z` (1, L, h, w), already divided by the scaling factor, in bands covering about
 /// `tile_px`² image pixels, with at most `scratch` bytes of whole-image activations in RAM
 /// (`None`: all). Equals [`Decoder::forward`] up to float rounding.
 pub fn decode(dec: &Decoder, z: &Tensor, tile_px: usize, scratch: Option<u64>) -> Result<Tensor> {
-    run(&dec.ops, z, tile_px, scratch)?.read_all()
+    whole(|sink| decode_bands(dec, z, tile_px, scratch, sink))
+}
+
+/// [`decode`], handing the image to `sink` band by band, top to bottom, so that the whole
+/// picture is never held.
+pub fn decode_bands(
+    dec: &Decoder,
+    z: &Tensor,
+    tile_px: usize,
+    scratch: Option<u64>,
+    sink: &mut BandSink,
+) -> Result<()> {
+    run(&dec.ops, Input::Whole(z), tile_px, scratch, sink)
 }
 
 /// Encode `image` (1, 3, H, W) in [-1, 1] in bands, as [`decode`]. Equals [`Encoder::forward`]
@@ -305,5 +417,15 @@ pub fn encode(
     tile_px: usize,
     scratch: Option<u64>,
 ) -> Result<LatentDist> {
-    LatentDist::from_parameters(&run(&enc.ops, image, tile_px, scratch)?.read_all()?)
+    encode_input(enc, Input::Whole(image), tile_px, scratch)
+}
+
+/// [`encode`] of an image given as rows (see [`Input`]).
+pub fn encode_input(
+    enc: &Encoder,
+    image: Input,
+    tile_px: usize,
+    scratch: Option<u64>,
+) -> Result<LatentDist> {
+    LatentDist::from_parameters(&whole(|sink| run(&enc.ops, image, tile_px, scratch, sink))?)
 }

@@ -144,6 +144,7 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         },
         keep_decoder: true,
         vae_scratch: None,
+        window_group: 1,
         background,
         regions,
         tiles,

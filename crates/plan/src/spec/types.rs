@@ -217,6 +217,9 @@ pub struct Settings {
     /// Bytes of the tiled VAE's whole-image scratch kept in RAM, the rest in files (`None`:
     /// all in RAM; a memory budget gives it what the estimate leaves free).
     pub vae_scratch: Option<u64>,
+    /// At most this many windows of a step share one UNet evaluation (the planner chooses:
+    /// see `budget::fit`).
+    pub window_group: usize,
     /// The global prompt; `None` when a spec has regions and no `[prompt]`.
     pub background: Option<TextPrompt>,
     pub regions: Vec<Region>,
