@@ -110,6 +110,16 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         (None, None, Some(sp)) => sp.with_extension("png"),
         (None, None, None) => PathBuf::from("tessera.png"),
     };
+    let preview_every = o
+        .preview_every
+        .or(spec.output.as_ref().and_then(|t| t.preview_every));
+    if preview_every == Some(0) {
+        return Err(bad(
+            "output.preview_every",
+            "a preview every 0 steps".into(),
+            "give a number of steps of at least 1, or leave it out for no previews",
+        ));
+    }
     Ok(Settings {
         origin: origin.clone(),
         model,
@@ -151,6 +161,8 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         output,
         init_noise: o.init_noise.clone(),
         save_latents: o.save_latents.clone(),
+        preview_every,
+        resume: o.resume,
     })
 }
 

@@ -108,6 +108,8 @@ pub struct GuideTable {
 #[serde(deny_unknown_fields)]
 pub struct OutputTable {
     pub path: Option<String>,
+    /// Write `<output stem>.preview.png` every this many canvas steps.
+    pub preview_every: Option<usize>,
 }
 
 /// Command-line values that override the spec (all optional).
@@ -131,6 +133,8 @@ pub struct Overrides {
     pub stream_weights: bool,
     pub attention_mib: Option<usize>,
     pub max_memory: Option<String>,
+    pub preview_every: Option<usize>,
+    pub resume: bool,
 }
 
 /// A prompt with its negative and guidance scale.
@@ -225,6 +229,11 @@ pub struct Settings {
     pub output: PathBuf,
     pub init_noise: Option<PathBuf>,
     pub save_latents: Option<PathBuf>,
+    /// Write a preview every this many canvas steps (never changes the output).
+    pub preview_every: Option<usize>,
+    /// Continue from the output's checkpoint; a checkpoint of another render is an error.
+    /// (Without it a matching checkpoint is still continued: the bytes are the same.)
+    pub resume: bool,
 }
 
 pub const DEFAULT_STEPS: usize = 30;

@@ -83,6 +83,7 @@ impl Settings {
             }),
             output: Some(OutputTable {
                 path: Some(path(&self.output)),
+                preview_every: None,
             }),
         }
     }
