@@ -11,25 +11,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A 64x64 spec; `extra` is appended to its `[canvas]` table when it has no table header of
+/// its own, else after the spec.
 fn write_spec(dir: &Path, name: &str, steps: usize, extra: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
+    let (canvas, tail) = match extra.starts_with('[') {
+        true => ("", extra),
+        false => (extra, ""),
+    };
     let body = format!(
         "model = {:?}\n[canvas]\nwidth = 64\nheight = 64\nsteps = {steps}\nseed = 3\n\
-         scheduler = \"dpm++2m\"\n[prompt]\ntext = \"a sky\"\n{extra}",
+         scheduler = \"dpm++2m\"\n{canvas}[prompt]\ntext = \"a sky\"\n{tail}",
         tiny_model_dir().display().to_string()
     );
     std::fs::write(&path, body).unwrap();
     path
 }
 
-/// The `--json` lines of a batch: spec file name -> status.
+/// The `--json` lines of a batch: spec file name (`#seed` for variations) -> status.
 fn statuses(o: &Output) -> BTreeMap<String, String> {
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             let spec = Path::new(v["spec"].as_str().unwrap());
-            let name = spec.file_name().unwrap().to_string_lossy().into_owned();
+            let mut name = spec.file_name().unwrap().to_string_lossy().into_owned();
+            if let Some(seed) = v["seed"].as_u64() {
+                name += &format!("#{seed}");
+            }
             (name, v["status"].as_str().unwrap().to_string())
         })
         .collect()
@@ -127,11 +136,12 @@ fn three_shards_render_a_batch_once_and_a_killed_shard_redoes_only_what_is_missi
 }
 
 #[test]
-fn a_failing_spec_does_not_stop_the_batch_and_is_counted() {
+fn a_failing_spec_does_not_stop_the_batch_and_is_counted_and_variations_render() {
     let tmp = tempfile::tempdir().unwrap();
     let good = write_spec(tmp.path(), "good", 2, "");
     let bad = write_spec(tmp.path(), "bad", 2, "[tiles]\noverlap = 999\n");
     let also_bad = write_spec(tmp.path(), "worse", 2, "[canvas]\n");
+    let varied = write_spec(tmp.path(), "vary", 2, "count = 2\n");
     // The list comes on stdin (`-`).
     let mut child = Command::new(tessera_bin())
         .args(["render", "-", "--json"])
@@ -141,10 +151,11 @@ fn a_failing_spec_does_not_stop_the_batch_and_is_counted() {
         .spawn()
         .unwrap();
     let list = format!(
-        "{}\n\n# a comment\n{}\n{}\n",
+        "{}\n\n# a comment\n{}\n{}\n{}\n",
         bad.display(),
         good.display(),
-        also_bad.display()
+        also_bad.display(),
+        varied.display()
     );
     child
         .stdin
@@ -159,8 +170,12 @@ fn a_failing_spec_does_not_stop_the_batch_and_is_counted() {
     assert_eq!(got["good.toml"], "rendered");
     assert_eq!(got["bad.toml"], "failed");
     assert_eq!(got["worse.toml"], "failed");
+    // `count = 2` from seed 3: two variations with their own outputs.
+    assert_eq!(got["vary.toml#3"], "rendered");
+    assert_eq!(got["vary.toml#4"], "rendered");
+    assert!(tmp.path().join("vary-s3.png").is_file() && tmp.path().join("vary-s4.png").is_file());
     assert!(
-        err.contains("tiles.overlap") && err.contains("1 rendered") && err.contains("2 failed"),
+        err.contains("tiles.overlap") && err.contains("3 rendered") && err.contains("2 failed"),
         "{err}"
     );
     assert!(tmp.path().join("good.png").is_file());

@@ -15,7 +15,7 @@ const SPEC: &str = r#"
 [canvas]
 width = 384
 height = 256
-steps = 16
+steps = 10
 scheduler = "dpm++2m"
 seed = 7
 
@@ -28,7 +28,7 @@ overlap = 128
 
 [guide]
 size = [192, 128]
-steps = 16
+steps = 10
 strength = 0.7
 "#;
 
@@ -100,7 +100,7 @@ fn kill_during(spec: &Path, phase: &str) -> usize {
     child.wait().unwrap();
     let (p, next) = checkpoint_at(&ckpt).expect("the checkpoint survives the kill");
     assert_eq!(p, phase, "killed in the wrong phase");
-    assert!(next < 16, "the {phase} pass was already over");
+    assert!(next < 10, "the {phase} pass was already over");
     assert!(
         !spec.with_extension("png").exists(),
         "no output after a kill"
@@ -170,9 +170,9 @@ fn previews_appear_at_their_steps_and_leave_the_output_unchanged() {
         .filter_map(|l| l.strip_prefix("preview: step "))
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
-    // The canvas pass runs schedule steps 6..=16 (strength 0.7 of 16 steps); previews come at
+    // The canvas pass runs schedule steps 4..=10 (strength 0.7 of 10 steps); previews come at
     // the steps that are multiples of 5.
-    assert_eq!(steps, ["10", "15"], "{err}");
+    assert_eq!(steps, ["5", "10"], "{err}");
     let preview = image::open(spec.with_extension("preview.png")).unwrap();
     assert_eq!((preview.width(), preview.height()), (96, 64));
     assert!(

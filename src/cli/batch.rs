@@ -32,10 +32,52 @@ impl std::str::FromStr for Shard {
     }
 }
 
-/// The spec files named by `args`: files as given, folders' `*.toml` files, and for `-` the
-/// paths listed on stdin (one a line; blank lines and `#` comments skipped); sorted and
-/// deduplicated, then this shard's share.
-pub fn collect(args: &[PathBuf], shard: Option<Shard>) -> Result<Vec<PathBuf>> {
+/// One render of a batch: a spec, and the seed of one of its variations.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Job {
+    pub spec: PathBuf,
+    pub seed: Option<u64>,
+}
+
+/// The renders `args` ask for: the specs named (files as given, folders' `*.toml` files, for
+/// `-` the paths listed on stdin, one a line, blank lines and `#` comments skipped), sorted
+/// and deduplicated, each spec's variations (`[canvas] seeds` or `count`, unless `fixed_seed`)
+/// in turn; then this shard's share.
+pub fn jobs(args: &[PathBuf], fixed_seed: bool, shard: Option<Shard>) -> Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    for spec in collect(args)? {
+        // An unreadable spec is one job, which fails when rendered.
+        let seeds = match fixed_seed {
+            true => None,
+            false => tessera::spec::SpecFile::load(&spec)
+                .ok()
+                .and_then(|s| s.variation_seeds()),
+        };
+        match seeds {
+            Some(seeds) => jobs.extend(seeds.into_iter().map(|seed| Job {
+                spec: spec.clone(),
+                seed: Some(seed),
+            })),
+            None => jobs.push(Job { spec, seed: None }),
+        }
+    }
+    Ok(match shard {
+        Some(s) => jobs.into_iter().skip(s.index).step_by(s.count).collect(),
+        None => jobs,
+    })
+}
+
+/// `<stem>-s<seed>.<ext>` beside `output`: the output of one variation.
+pub fn variation_output(output: &Path, seed: u64) -> PathBuf {
+    let stem = output.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match output.extension() {
+        Some(ext) => format!("{stem}-s{seed}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-s{seed}"),
+    };
+    output.with_file_name(name)
+}
+
+fn collect(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut specs = Vec::new();
     for arg in args {
         if arg.as_os_str() == "-" {
@@ -60,10 +102,7 @@ pub fn collect(args: &[PathBuf], shard: Option<Shard>) -> Result<Vec<PathBuf>> {
     }
     specs.sort();
     specs.dedup();
-    Ok(match shard {
-        Some(s) => specs.into_iter().skip(s.index).step_by(s.count).collect(),
-        None => specs,
-    })
+    Ok(specs)
 }
 
 fn not_readable(dir: &Path, e: std::io::Error) -> Error {
@@ -103,25 +142,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shards_partition_the_sorted_batch() {
+    fn shards_partition_the_sorted_batch_with_its_variations() {
         let dir = tempfile::tempdir().unwrap();
-        for name in [
-            "c.toml", "a.toml", "b.toml", "e.toml", "d.toml", "f.toml", "x.txt",
-        ] {
+        for name in ["c.toml", "a.toml", "b.toml", "e.toml", "x.txt"] {
             std::fs::write(dir.path().join(name), "").unwrap();
         }
-        let all = collect(&[dir.path().to_path_buf()], None).unwrap();
-        assert_eq!(all.len(), 6);
+        std::fs::write(dir.path().join("d.toml"), "[canvas]\nseed = 5\ncount = 3\n").unwrap();
+        let all = jobs(&[dir.path().to_path_buf()], false, None).unwrap();
+        assert_eq!(all.len(), 7);
         assert!(all.windows(2).all(|w| w[0] < w[1]));
+        let d: Vec<_> = all.iter().filter_map(|j| j.seed).collect();
+        assert_eq!(d, [5, 6, 7]);
+        assert_eq!(jobs(&[dir.path().into()], true, None).unwrap().len(), 5);
         let mut union = Vec::new();
-        for index in 0..4 {
-            let shard = collect(&[dir.path().into()], Some(Shard { index, count: 4 })).unwrap();
-            union.extend(shard);
+        for index in 0..3 {
+            let shard = Some(Shard { index, count: 3 });
+            union.extend(jobs(&[dir.path().into()], false, shard).unwrap());
         }
         union.sort();
         assert_eq!(union, all);
         assert!("3/3".parse::<Shard>().is_err());
         assert!("1-3".parse::<Shard>().is_err());
         assert_eq!("2/3".parse::<Shard>(), Ok(Shard { index: 2, count: 3 }));
+        let out = variation_output(Path::new("out/poster.png"), 7);
+        assert_eq!(out, Path::new("out/poster-s7.png"));
     }
 }

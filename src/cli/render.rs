@@ -146,7 +146,7 @@ fn render_json(r: &RenderReport, check: Option<&CheckReport>) -> serde_json::Val
 pub fn run(args: &RenderArgs) -> Result<()> {
     let one_file = match args.specs.as_slice() {
         [] => true,
-        [p] => p.as_os_str() != "-" && !p.is_dir(),
+        [p] => p.as_os_str() != "-" && !p.is_dir() && !has_variations(args, p),
         _ => false,
     };
     if one_file && args.shard.is_none() {
@@ -155,10 +155,15 @@ pub fn run(args: &RenderArgs) -> Result<()> {
     run_batch(args)
 }
 
+fn has_variations(args: &RenderArgs, spec: &Path) -> bool {
+    let spec = SpecFile::load(spec).ok();
+    args.seed.is_none() && spec.and_then(|s| s.variation_seeds()).is_some()
+}
+
 /// One spec (or flags alone): errors are the command's exit status.
 fn run_one(args: &RenderArgs) -> Result<()> {
     let spec = args.specs.first().map(PathBuf::as_path);
-    let Some((report, check)) = render_one(args, spec)? else {
+    let Some((report, check)) = render_one(args, spec, None)? else {
         return Ok(());
     };
     if args.json {
@@ -173,16 +178,24 @@ fn run_one(args: &RenderArgs) -> Result<()> {
     Ok(())
 }
 
-/// Render one spec with its summary on stderr; `None` when `--resume` finds it complete.
+/// Render one spec (one of its variations, with `seed`) with its summary on stderr; `None`
+/// when `--resume` finds it complete.
 fn render_one(
     args: &RenderArgs,
     path: Option<&Path>,
+    seed: Option<u64>,
 ) -> Result<Option<(RenderReport, Option<CheckReport>)>> {
     let spec = match path {
         Some(path) => Some((path, SpecFile::load(path)?)),
         None => None,
     };
-    let settings = spec::resolve(spec, &args.overrides())?;
+    let mut overrides = args.overrides();
+    if let Some(seed) = seed {
+        let output = spec::resolve(spec.clone(), &overrides)?.output;
+        overrides.out = Some(batch::variation_output(&output, seed));
+        overrides.seed = Some(seed);
+    }
+    let settings = spec::resolve(spec, &overrides)?;
     if args.resume && batch::is_complete(&settings.output) {
         eprintln!("{}: already complete, skipped", settings.output.display());
         return Ok(None);
@@ -247,12 +260,14 @@ fn run_batch(args: &RenderArgs) -> Result<()> {
             "leave --out out: each spec names its output (`[output] path`, else the spec's name)",
         ));
     }
-    let specs = batch::collect(&args.specs, args.shard)?;
+    let jobs = batch::jobs(&args.specs, args.seed.is_some(), args.shard)?;
     let (mut rendered, mut skipped, mut failed) = (0, 0, 0);
-    for path in &specs {
-        eprintln!("== {}", path.display());
-        let mut line = serde_json::json!({ "spec": path });
-        match render_one(args, Some(path)) {
+    for job in &jobs {
+        let path = &job.spec;
+        let seed = job.seed.map(|s| format!(" (seed {s})")).unwrap_or_default();
+        eprintln!("== {}{seed}", path.display());
+        let mut line = serde_json::json!({ "spec": path, "seed": job.seed });
+        match render_one(args, Some(path), job.seed) {
             Ok(Some((report, check))) if check.as_ref().is_none_or(|c| c.pass) => {
                 rendered += 1;
                 line["status"] = "rendered".into();
@@ -284,8 +299,8 @@ fn run_batch(args: &RenderArgs) -> Result<()> {
         }
     }
     eprintln!(
-        "batch: {} specs: {rendered} rendered, {skipped} already complete, {failed} failed",
-        specs.len()
+        "batch: {} renders: {rendered} rendered, {skipped} already complete, {failed} failed",
+        jobs.len()
     );
     if failed > 0 {
         std::process::exit(failed.min(100));

@@ -108,6 +108,8 @@ fn sane(r: &mut ChaCha8Rng, key: &str) -> String {
         "vae" => px(r, 0, 32),
         "attention_mib" | "preview_every" => r.gen_range(1..300).to_string(),
         "rect" => format!("[0, 0, {}, {}]", px(r, 1, 8), px(r, 1, 8)),
+        "seeds" => format!("[{}, {}]", r.gen::<u32>(), r.gen::<u32>()),
+        "count" => r.gen_range(1..5).to_string(),
         _ => text(r),
     }
 }
@@ -148,6 +150,7 @@ fn typed(r: &mut ChaCha8Rng, key: &str, hostile: bool) -> String {
         "guidance" | "weight" | "strength" => float(r),
         "size" if r.gen_bool(0.5) => format!("[{}, {}]", int(r), int(r)),
         "rect" => format!("[{}, {}, {}, {}]", int(r), int(r), int(r), int(r)),
+        "seeds" => format!("[{}]", vec![int(r); r.gen_range(0..3)].join(", ")),
         "text" | "prompt" | "negative" | "image" | "path" | "model" => text(r),
         _ => int(r),
     }
@@ -182,6 +185,8 @@ fn spec(r: &mut ChaCha8Rng) -> String {
         "stream_weights",
         "attention_mib",
         "max_memory",
+        "seeds",
+        "count",
     ];
     if r.gen_bool(0.9) {
         table(r, &mut s, "[canvas]", &canvas, hostile);

@@ -40,6 +40,31 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
             validate::multiple_of_8(&bad, field, v, false)?;
         }
     }
+    let many = |n: usize| n == 0 || n > MAX_VARIATIONS;
+    match (&c.seeds, c.count) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "canvas.count",
+                "both `seeds` and `count`".into(),
+                "give either a list of seeds or a count of variations",
+            ))
+        }
+        (Some(s), None) if many(s.len()) => {
+            return Err(bad(
+                "canvas.seeds",
+                format!("{} seeds", s.len()),
+                &format!("list 1 to {MAX_VARIATIONS} seeds"),
+            ))
+        }
+        (None, Some(n)) if many(n) => {
+            return Err(bad(
+                "canvas.count",
+                format!("{n} variations"),
+                &format!("ask for 1 to {MAX_VARIATIONS} variations"),
+            ))
+        }
+        _ => {}
+    }
     let steps = validate::steps(
         &bad,
         "canvas.steps",
