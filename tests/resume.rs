@@ -32,11 +32,28 @@ steps = 10
 strength = 0.7
 "#;
 
+/// Euler-ancestral draws fresh noise every step: its stream position is in the checkpoint.
+const ANCESTRAL: &str = r#"
+[canvas]
+width = 256
+height = 256
+steps = 12
+scheduler = "euler-a"
+seed = 11
+
+[prompt]
+text = "a hot air balloon"
+"#;
+
 fn setup() -> (tempfile::TempDir, PathBuf) {
+    setup_with(SPEC)
+}
+
+fn setup_with(body: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("poster.toml");
     let model = tiny_model_dir();
-    let body = format!("model = {:?}\n{SPEC}", model.display().to_string());
+    let body = format!("model = {:?}\n{body}", model.display().to_string());
     std::fs::write(&spec, body).unwrap();
     (dir, spec)
 }
@@ -149,6 +166,14 @@ fn a_render_killed_in_the_canvas_pass_resumes_to_the_same_bytes() {
     );
     assert!(spec.with_extension("checkpoint.safetensors").exists());
     resumed_matches(&spec, &want, "canvas");
+}
+
+#[test]
+fn an_ancestral_render_killed_mid_canvas_resumes_to_the_same_bytes() {
+    let (_dir, spec) = setup_with(ANCESTRAL);
+    let want = reference(&spec);
+    kill_during(&spec, "canvas");
+    resumed_matches(&spec, &want, "canvas (euler-a)");
 }
 
 #[test]
