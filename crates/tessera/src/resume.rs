@@ -319,6 +319,33 @@ mod tests {
     }
 
     #[test]
+    fn big_canvases_are_checkpointed_at_most_every_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = Tensor::zeros(BIG_LATENTS / 4 + 1, DType::F32, &host()).unwrap();
+        let at = |next| Checkpoint {
+            phase: Phase::Canvas,
+            state: PassState {
+                next,
+                latents: big.clone(),
+                history: Vec::new(),
+                noise: NoiseState::default(),
+            },
+            guide: None,
+        };
+        let w = Writer::new(&dir.path().join("big.png"), "f".into());
+        let next = || load(&w.path, "f").unwrap().unwrap().state.next;
+        w.write(&at(1), false).unwrap();
+        w.write(&at(2), false).unwrap();
+        assert_eq!(
+            next(),
+            1,
+            "a big canvas was checkpointed twice within the interval"
+        );
+        w.write(&at(3), true).unwrap();
+        assert_eq!(next(), 3, "a forced checkpoint (end of a pass) was skipped");
+    }
+
+    #[test]
     fn fingerprint_sees_content_changes_in_sampled_weights() {
         let dir = tempfile::tempdir().unwrap();
         let weights = dir.path().join("unet.safetensors");
