@@ -26,9 +26,10 @@ pub struct Terminal {
 
 impl Observer for Terminal {
     fn note(&self, message: &str) {
+        // A hidden bar (stderr not a terminal) would swallow the line.
         match self.bar.lock().ok().and_then(|b| b.clone()) {
-            Some(bar) => bar.println(message),
-            None => eprintln!("{message}"),
+            Some(bar) if !bar.is_hidden() => bar.println(message),
+            _ => eprintln!("{message}"),
         }
     }
 

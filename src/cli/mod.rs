@@ -1,6 +1,7 @@
 //! The command line (`tessera --help`): one file per command, each turning its flags into a
 //! library call and the result into text and an exit status. `main.rs` only calls [`run`].
 
+mod batch;
 mod bench;
 mod check;
 mod model;

@@ -1,16 +1,30 @@
 //! `tessera render`: a spec (or flags alone) to a PNG, its report, and optionally its check.
 
+use super::batch::{self, Shard};
 use crate::progress::{install_interrupt_handler, Terminal};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use tessera::check::CheckReport;
 use tessera::checking;
 use tessera::spec::{self, Overrides, SpecFile};
-use tessera::{RenderReport, Result};
+use tessera::{Error, RenderReport, Result};
 
 #[derive(Debug, Args)]
 pub struct RenderArgs {
-    /// Canvas spec (TOML). Without one, the flags alone define a one-window canvas.
-    pub spec: Option<PathBuf>,
+    /// Canvas specs (TOML), folders of specs, or `-` for a list of spec paths on stdin; several
+    /// make a batch. Without any, the flags alone define a one-window canvas.
+    pub specs: Vec<PathBuf>,
+    /// Continue an interrupted render from the checkpoint beside its output (a checkpoint of
+    /// another render is then an error, exit 2) and skip outputs already complete.
+    #[arg(long)]
+    pub resume: bool,
+    /// Write `<output stem>.preview.png` every N canvas steps (a cheap latent projection).
+    #[arg(long, value_name = "N")]
+    pub preview_every: Option<usize>,
+    /// Render only every N-th spec of the sorted batch, from the I-th (0-based): one task of
+    /// a job array (e.g. `--shard $JOB_COMPLETION_INDEX/4`).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
     /// Diffusers model folder [default: the spec's `model`, else the bundled tiny model].
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -100,6 +114,8 @@ impl RenderArgs {
             stream_weights: self.stream_weights,
             attention_mib: self.attention_mib,
             max_memory: self.max_memory.clone(),
+            preview_every: self.preview_every,
+            resume: self.resume,
         }
     }
 }
@@ -109,8 +125,8 @@ fn loads_line(loads: &std::collections::BTreeMap<&str, usize>) -> String {
     parts.join(", ")
 }
 
-fn render_json(r: &RenderReport, check: Option<&tessera::check::CheckReport>) -> String {
-    let value = serde_json::json!({
+fn render_json(r: &RenderReport, check: Option<&CheckReport>) -> serde_json::Value {
+    serde_json::json!({
         "output": r.output,
         "guide": r.guide,
         "width": r.plan.width,
@@ -124,18 +140,84 @@ fn render_json(r: &RenderReport, check: Option<&tessera::check::CheckReport>) ->
         "estimated_peak_bytes": r.estimate.peak(),
         "model_loads": r.loads,
         "check": check,
-    });
-    serde_json::to_string(&value).expect("serialisable")
+    })
 }
 
 pub fn run(args: &RenderArgs) -> Result<()> {
-    let spec = match &args.spec {
-        Some(path) => Some((path.as_path(), SpecFile::load(path)?)),
+    let one_file = match args.specs.as_slice() {
+        [] => true,
+        [p] => p.as_os_str() != "-" && !p.is_dir() && !has_variations(args, p),
+        _ => false,
+    };
+    if one_file && args.shard.is_none() {
+        return run_one(args);
+    }
+    run_batch(args)
+}
+
+fn has_variations(args: &RenderArgs, spec: &Path) -> bool {
+    let spec = SpecFile::load(spec).ok();
+    args.seed.is_none() && spec.and_then(|s| s.variation_seeds()).is_some()
+}
+
+/// One spec (or flags alone): errors are the command's exit status.
+fn run_one(args: &RenderArgs) -> Result<()> {
+    let spec = args.specs.first().map(PathBuf::as_path);
+    let Some((report, check)) = render_one(args, spec, None)? else {
+        return Ok(());
+    };
+    if args.json {
+        println!("{}", render_json(&report, check.as_ref()));
+    }
+    if let Some(check) = &check {
+        if !args.json {
+            super::print_report(check, false);
+        }
+        checking::verdict(check.pass, &check.failures)?;
+    }
+    Ok(())
+}
+
+/// Render one spec (one of its variations, with `seed`) with its summary on stderr; `None`
+/// when `--resume` finds it complete.
+fn render_one(
+    args: &RenderArgs,
+    path: Option<&Path>,
+    seed: Option<u64>,
+) -> Result<Option<(RenderReport, Option<CheckReport>)>> {
+    let spec = match path {
+        Some(path) => Some((path, SpecFile::load(path)?)),
         None => None,
     };
-    let settings = spec::resolve(spec, &args.overrides())?;
+    let mut overrides = args.overrides();
+    if let Some(seed) = seed {
+        let output = spec::resolve(spec.clone(), &overrides)?.output;
+        overrides.out = Some(batch::variation_output(&output, seed));
+        overrides.seed = Some(seed);
+    }
+    let settings = spec::resolve(spec, &overrides)?;
+    if args.resume && batch::is_complete(&settings.output) {
+        eprintln!("{}: already complete, skipped", settings.output.display());
+        return Ok(None);
+    }
     install_interrupt_handler();
-    let report = tessera::render(&settings, &Terminal::default())?;
+    let report = match tessera::render(&settings, &Terminal::default()) {
+        Err(Error::Interrupted) => {
+            let ckpt = tessera::resume::path_for(&settings.output);
+            if ckpt.exists() {
+                let spec = path
+                    .map(|p| format!(" {}", p.display()))
+                    .unwrap_or_default();
+                eprintln!(
+                    "interrupted: the progress is kept in {}; continue with `tessera render{spec} \
+                     --resume` (and the same flags)",
+                    ckpt.display()
+                );
+            }
+            return Err(Error::Interrupted);
+        }
+        other => other?,
+    };
     if let Some(guide) = &report.guide {
         eprintln!("guide: {}", guide.display());
     }
@@ -164,14 +246,64 @@ pub fn run(args: &RenderArgs) -> Result<()> {
         }
         false => None,
     };
-    if args.json {
-        println!("{}", render_json(&report, check.as_ref()));
+    Ok(Some((report, check)))
+}
+
+/// Several specs: each rendered (or skipped, or failed) in turn; the exit status is the number
+/// of failed specs (at most 100), 130 when interrupted.
+fn run_batch(args: &RenderArgs) -> Result<()> {
+    if args.out.is_some() {
+        return Err(Error::input(
+            "<command line>",
+            Some("--out"),
+            "one output path for a batch of specs",
+            "leave --out out: each spec names its output (`[output] path`, else the spec's name)",
+        ));
     }
-    if let Some(check) = &check {
-        if !args.json {
-            super::print_report(check, false);
+    let jobs = batch::jobs(&args.specs, args.seed.is_some(), args.shard)?;
+    let (mut rendered, mut skipped, mut failed) = (0, 0, 0);
+    for job in &jobs {
+        let path = &job.spec;
+        let seed = job.seed.map(|s| format!(" (seed {s})")).unwrap_or_default();
+        eprintln!("== {}{seed}", path.display());
+        let mut line = serde_json::json!({ "spec": path, "seed": job.seed });
+        match render_one(args, Some(path), job.seed) {
+            Ok(Some((report, check))) if check.as_ref().is_none_or(|c| c.pass) => {
+                rendered += 1;
+                line["status"] = "rendered".into();
+                line["report"] = render_json(&report, check.as_ref());
+            }
+            Ok(Some((report, check))) => {
+                failed += 1;
+                eprintln!("error: {}: the check failed", path.display());
+                line["status"] = "check failed".into();
+                line["report"] = render_json(&report, check.as_ref());
+            }
+            Ok(None) => {
+                skipped += 1;
+                line["status"] = "skipped".into();
+            }
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e}");
+                line["status"] = "failed".into();
+                line["error"] = e.to_string().into();
+                line["exit_code"] = e.exit_code().into();
+            }
         }
-        checking::verdict(check.pass, &check.failures)?;
+        batch::return_freed_memory();
+        line["rss_bytes"] = batch::rss_bytes().into();
+        if args.json {
+            println!("{line}");
+        }
+    }
+    eprintln!(
+        "batch: {} renders: {rendered} rendered, {skipped} already complete, {failed} failed",
+        jobs.len()
+    );
+    if failed > 0 {
+        std::process::exit(failed.min(100));
     }
     Ok(())
 }

@@ -32,6 +32,21 @@ impl SeededNoise {
         }
     }
 
+    /// Where the stream stands (ChaCha word position and the pending Box–Muller value), so a
+    /// resumed render draws exactly the noise an uninterrupted one would.
+    pub fn state(&self) -> NoiseState {
+        NoiseState {
+            word_pos: self.rng.get_word_pos(),
+            spare: self.spare,
+        }
+    }
+
+    /// Continue from a [`SeededNoise::state`] of a source with the same seed.
+    pub fn restore(&mut self, state: NoiseState) {
+        self.rng.set_word_pos(state.word_pos);
+        self.spare = state.spare;
+    }
+
     fn uniform(&mut self) -> f64 {
         (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
@@ -46,6 +61,20 @@ impl SeededNoise {
         let theta = 2.0 * std::f64::consts::PI * u2;
         self.spare = Some(r * theta.sin());
         r * theta.cos()
+    }
+}
+
+/// A [`SeededNoise`]'s position in its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct NoiseState {
+    pub word_pos: u128,
+    pub spare: Option<f64>,
+}
+
+/// A shared seeded source: the pass draws from it while a checkpoint hook reads its state.
+impl NoiseSource for &std::cell::RefCell<SeededNoise> {
+    fn noise(&mut self, shape: &Shape) -> candle_core::Result<Tensor> {
+        self.borrow_mut().noise(shape)
     }
 }
 
@@ -107,5 +136,19 @@ mod tests {
         let var = a.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
         assert!(mean.abs() < 0.03, "mean {mean}");
         assert!((var - 1.0).abs() < 0.03, "variance {var}");
+    }
+
+    #[test]
+    fn restored_state_continues_the_stream() {
+        let shape = Shape::from((3, 5));
+        let mut a = SeededNoise::new(7);
+        a.noise(&shape).unwrap(); // 15 values: a Box-Muller spare is pending
+        let state = a.state();
+        assert!(state.spare.is_some());
+        let mut b = SeededNoise::new(7);
+        b.restore(state);
+        let next = |n: &mut SeededNoise| n.noise(&shape).unwrap().flatten_all().unwrap();
+        let (x, y) = (next(&mut a), next(&mut b));
+        assert_eq!(x.to_vec1::<f32>().unwrap(), y.to_vec1::<f32>().unwrap());
     }
 }

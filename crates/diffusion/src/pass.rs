@@ -3,10 +3,11 @@
 
 use crate::guidance::{guided_eps_group, Cond};
 use crate::mixture::{Blend, Window};
-use crate::noise::{NoiseSource, SeededNoise};
+use crate::noise::{NoiseSource, NoiseState, SeededNoise};
 use crate::predictor::{NoisePredictor, Placement};
 use crate::scheduler::{self, Scheduler, SchedulerConfig, SchedulerKind};
 use candle_core::{IndexOp, Tensor};
+use std::cell::RefCell;
 use tessera_core::{interrupt, Observer, Rect, Result};
 
 /// An image region: latents held to a reference picture for the first part of the schedule.
@@ -44,6 +45,26 @@ pub struct PassSpec<'a> {
     pub canvas_px: (usize, usize),
     /// At most this many windows share one network evaluation (see [`Pass::group`]).
     pub group: usize,
+    /// Continue from this state (a checkpoint) instead of from `start`.
+    pub resume: Option<PassState>,
+    /// Sees the state after every step (checkpoints, previews); an error stops the pass.
+    pub on_step: Option<&'a StepHook<'a>>,
+}
+
+/// What sees each step's [`PassState`] (checkpoints, previews); an error stops the pass.
+pub type StepHook<'a> = dyn Fn(&PassState) -> Result<()> + 'a;
+
+/// Everything a pass needs to continue bit-exactly where it stopped.
+#[derive(Clone)]
+pub struct PassState {
+    /// Index in the full schedule of the next step to run (`steps` when the pass is done).
+    pub next: usize,
+    /// The latents after the step before `next`.
+    pub latents: Tensor,
+    /// The scheduler's multistep history ([`Scheduler::history`]).
+    pub history: Vec<Tensor>,
+    /// The ancestral noise stream's position.
+    pub noise: NoiseState,
 }
 
 /// The schedule index a re-noised start begins at: `steps - int(steps * strength)`.
@@ -58,12 +79,19 @@ pub fn denoise(
     observer: &dyn Observer,
 ) -> Result<Tensor> {
     let mut sched = scheduler::build(spec.scheduler, spec.config, spec.steps)?;
-    let (x, start) = match spec.start {
-        Start::Noise => ((spec.noise * sched.init_noise_sigma())?, 0),
-        Start::Latents { latents, strength } => {
-            let start = start_index(spec.steps, strength);
+    let mut ancestral = SeededNoise::new(spec.ancestral_seed);
+    let (x, start) = match (&spec.resume, &spec.start) {
+        (Some(state), _) => {
+            sched.set_begin_index(state.next);
+            sched.restore_history(state.history.clone())?;
+            ancestral.restore(state.noise);
+            (state.latents.clone(), state.next)
+        }
+        (None, Start::Noise) => ((spec.noise * sched.init_noise_sigma())?, 0),
+        (None, Start::Latents { latents, strength }) => {
+            let start = start_index(spec.steps, *strength);
             if start == spec.steps {
-                return Ok(latents.clone());
+                return Ok((*latents).clone());
             }
             let t = sched.timesteps()[start];
             (sched.add_noise(latents, spec.noise, t)?, start)
@@ -85,14 +113,20 @@ pub fn denoise(
         group: spec.group,
         observer,
     };
-    let mut ancestral = SeededNoise::new(spec.ancestral_seed);
-    pass.run(
-        sched.as_mut(),
-        x,
-        start,
-        &mut ancestral,
-        |_, t, sched, x| apply_image_regions(sched, &regions, spec.noise, t, x),
-    )
+    let ancestral = RefCell::new(ancestral);
+    let mut source = &ancestral;
+    pass.run(sched.as_mut(), x, start, &mut source, |i, t, sched, x| {
+        let x = apply_image_regions(sched, &regions, spec.noise, t, x)?;
+        if let Some(hook) = spec.on_step {
+            hook(&PassState {
+                next: i + 1,
+                latents: x.clone(),
+                history: sched.history(),
+                noise: ancestral.borrow().state(),
+            })?;
+        }
+        Ok(x)
+    })
 }
 
 /// The denoising loop itself, for callers that build their scheduler and start themselves
@@ -133,9 +167,10 @@ impl Pass<'_> {
         let single = self.windows.len() == 1 && self.windows[0].rect == whole;
         self.observer
             .begin("denoise", (timesteps.len() * self.windows.len()) as u64);
+        let total = start + timesteps.len();
         for (k, &t) in timesteps.iter().enumerate() {
-            self.observer
-                .status(&format!("step {}/{}", k + 1, timesteps.len()));
+            let step = format!("step {}/{total}", start + k + 1);
+            self.observer.status(&step);
             let eps = if single {
                 // One window covering everything is plain txt2img: skip the blend so it is exact.
                 self.group_eps(
@@ -147,7 +182,12 @@ impl Pass<'_> {
                 .remove(0)
             } else {
                 let mut blend = Blend::new(&latents)?;
+                let (mut done, windows) = (0, self.windows.len());
                 for group in self.groups() {
+                    let first = done + 1;
+                    done += group.len();
+                    self.observer
+                        .status(&format!("{step}, windows {first}-{done}/{windows}"));
                     let crops = group
                         .iter()
                         .map(|w| {

@@ -3,9 +3,11 @@
 //! - [`spec`]: the TOML format, command-line overrides, and the validated `Settings`.
 //! - [`validate`]: the validators, one of each.
 //! - [`plan`]: the window grid, the conditionings, image regions and the guide pass.
+//! - [`machine`]: the canvas-sized memory no setting can shrink, against the machine's.
 //! - [`budget`]: the per-phase memory estimate and the settings that fit `--max-memory`.
 
 pub mod budget;
+pub mod machine;
 pub mod plan;
 pub mod spec;
 pub mod validate;

@@ -92,6 +92,23 @@ impl Plan {
             h: height,
             w: width,
         };
+        let guide_size = s.guide.as_ref().and_then(|g| g.size).unwrap_or((0, 0));
+        let floor = crate::machine::canvas_floor(width, height)
+            .saturating_add(crate::machine::canvas_floor(guide_size.0, guide_size.1));
+        if let Some(total) = crate::machine::memory().filter(|&m| floor > m) {
+            let mib = |b: u64| format!("{} MiB", b >> 20);
+            return Err(bad(
+                "canvas.width",
+                format!(
+                    "a {width}x{height} canvas needs at least {} (its latents and decoded picture, \
+                     whatever the settings); this machine has {}",
+                    mib(floor),
+                    mib(total)
+                ),
+                "make the canvas (or the guide) smaller, or render on a machine with more memory"
+                    .into(),
+            ));
+        }
         let explicit = s.tiles.size;
         let (tw, th) = explicit.unwrap_or(native);
         if explicit.is_some() && (tw > width || th > height) {

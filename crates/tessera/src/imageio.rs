@@ -73,6 +73,9 @@ pub fn resize_tensor(image: &Tensor, (w, h): (usize, usize)) -> Result<Tensor> {
     Resized::new(image, (w, h))?.rows(0..h)
 }
 
+/// Rows `range` of an image as (1, C, rows, W).
+pub type RowsFn<'a> = dyn Fn(std::ops::Range<usize>) -> candle_core::Result<Tensor> + 'a;
+
 /// An image resized to `(w, h)` as [`resize_tensor`] does, computed a range of rows at a time
 /// (the same values), so a canvas-sized upscale is never held whole: it holds the source
 /// resampled to the new width (source height x new width per channel).
@@ -89,10 +92,7 @@ pub struct Resized {
 impl Resized {
     /// Rows `range` of `image` resized to `size`, or of `image` itself when it has that size
     /// (as [`rgb_to_tensor`]), without the whole result ever being held.
-    pub fn rows_of(
-        image: &Tensor,
-        size: (usize, usize),
-    ) -> Result<Box<dyn Fn(std::ops::Range<usize>) -> candle_core::Result<Tensor> + '_>> {
+    pub fn rows_of(image: &Tensor, size: (usize, usize)) -> Result<Box<RowsFn<'_>>> {
         let (_, _, h, w) = image.dims4()?;
         if (w, h) == size {
             return Ok(Box::new(move |r| image.narrow(2, r.start, r.len())));

@@ -15,8 +15,10 @@ pub mod facts;
 pub mod imageio;
 pub mod output;
 pub mod passes;
+pub mod preview;
 pub mod render;
 pub mod report;
+pub mod resume;
 
 pub use render::{render, RenderReport};
 pub use tessera_check as check;

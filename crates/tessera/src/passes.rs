@@ -8,7 +8,7 @@ use tessera_core::{Error, Observer, Result};
 use tessera_diffusion::autoencoder::Autoencoder;
 use tessera_diffusion::mixture::Window;
 use tessera_diffusion::noise::{NoiseSource, SeededNoise};
-use tessera_diffusion::pass::{self, ImageRegion, PassSpec, Start};
+use tessera_diffusion::pass::{self, ImageRegion, PassSpec, PassState, Start, StepHook};
 use tessera_diffusion::scheduler::{SchedulerConfig, SchedulerKind};
 use tessera_diffusion::Cond;
 use tessera_models::ModelDir;
@@ -26,6 +26,13 @@ pub struct Denoiser<'a> {
     pub scheduler: SchedulerKind,
     pub config: SchedulerConfig,
     pub observer: &'a dyn Observer,
+}
+
+/// Where a pass resumes (a checkpoint) and what sees each of its steps (checkpoints, previews).
+#[derive(Default, Clone, Copy)]
+pub struct Hooks<'h> {
+    pub resume: Option<&'h PassState>,
+    pub on_step: Option<&'h StepHook<'h>>,
 }
 
 /// A guide: its latents at canvas size, and the picture saved beside the output (if rendered).
@@ -83,11 +90,19 @@ impl<'a> Denoiser<'a> {
             ancestral_seed: self.settings.seed + 1,
             canvas_px,
             group: self.settings.window_group,
+            resume: None,
+            on_step: None,
         }
     }
 
     /// The low-res pass: render (or take) the guide, upscale it to the canvas, encode it.
-    pub fn guide(&self, g: &GuidePlan, conds: &[Cond], vae: &mut Autoencoder) -> Result<Guide> {
+    pub fn guide(
+        &self,
+        g: &GuidePlan,
+        conds: &[Cond],
+        vae: &mut Autoencoder,
+        hooks: Hooks,
+    ) -> Result<Guide> {
         let (s, plan) = (self.settings, self.plan);
         let (image, picture) = match &g.image {
             Some(path) => (imageio::load_picture(path)?, None),
@@ -103,7 +118,11 @@ impl<'a> Denoiser<'a> {
                     .rt
                     .to_device(&self.noise((g.width, g.height), s.seed)?)?;
                 let windows = realize_windows(&g.windows)?;
-                let spec = self.spec(g.steps, &noise, &windows, &conds, (g.width, g.height));
+                let spec = PassSpec {
+                    resume: self.on_device(hooks.resume)?,
+                    on_step: hooks.on_step,
+                    ..self.spec(g.steps, &noise, &windows, &conds, (g.width, g.height))
+                };
                 let latents = pass::denoise(&self.unet, &spec, self.observer)?;
                 let guide = vae.decode(&latents, self.observer)?;
                 if !s.keep_decoder {
@@ -132,6 +151,7 @@ impl<'a> Denoiser<'a> {
         conds: &[Cond],
         guide: Option<&Guide>,
         vae: &mut Autoencoder,
+        hooks: Hooks,
     ) -> Result<Tensor> {
         let (s, plan) = (self.settings, self.plan);
         let noise = self.rt.to_device(&initial_noise(s, plan)?)?;
@@ -165,9 +185,25 @@ impl<'a> Denoiser<'a> {
         let spec = PassSpec {
             start,
             image_regions: &regions,
+            resume: self.on_device(hooks.resume)?,
+            on_step: hooks.on_step,
             ..self.spec(s.steps, &noise, &windows, conds, (plan.width, plan.height))
         };
         pass::denoise(&self.unet, &spec, self.observer)
+    }
+
+    /// A checkpoint's state (host tensors) moved to the compute device.
+    fn on_device(&self, state: Option<&PassState>) -> Result<Option<PassState>> {
+        let Some(state) = state else { return Ok(None) };
+        Ok(Some(PassState {
+            latents: self.rt.to_device(&state.latents)?,
+            history: state
+                .history
+                .iter()
+                .map(|h| self.rt.to_device(h))
+                .collect::<candle_core::Result<_>>()?,
+            ..state.clone()
+        }))
     }
 
     /// Seeded noise for a picture of `(width, height)` pixels.

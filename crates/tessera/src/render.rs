@@ -4,15 +4,17 @@
 //! second read of the VAE decoder for its weights' room in the canvas pass.
 
 use crate::facts::{model_facts, model_path};
-use crate::passes::{Denoiser, Guide};
+use crate::passes::{Denoiser, Guide, Hooks};
 use crate::report::PhaseReport;
-use crate::{imageio, output};
+use crate::resume::{self, Checkpoint, Phase};
+use crate::{imageio, output, preview};
 use candle_core::{DType, Tensor};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tessera_core::choices::SchedulerKind;
 use tessera_core::{Observer, Result};
 use tessera_diffusion::autoencoder::Autoencoder;
+use tessera_diffusion::pass::PassState;
 use tessera_diffusion::Cond;
 use tessera_models::ModelDir;
 use tessera_nn::Runtime;
@@ -45,29 +47,44 @@ pub fn render(settings: &Settings, obs: &dyn Observer) -> Result<RenderReport> {
     let rt = rt.with_precision(s.precision);
     obs.note(&format!("device: {}", rt.device_name()));
     let mut phases = PhaseReport::new(fitted.estimate).on_device(&rt);
-    // 2. The prompts; the text encoder goes with them.
-    let conds = phases.run("encode prompts", || {
-        encode_prompts(&model, &rt, &plan.prompts)
-    })?;
-    // 3. The denoiser and the VAE.
-    let denoiser = Denoiser::load(&model, &rt, s, plan, obs)?;
+    let kind = crate::facts::scheduler_kind(&model, s.scheduler)?;
+    let writer = checkpoint_writer(s, &model, plan, kind)?;
+    let ckpt = open_checkpoint(s, &writer, obs)?;
     let mut vae = Autoencoder::new(&model, &rt, s.tiles.vae).with_scratch(s.vae_scratch);
-    // 4. The guide: rendered at low resolution (or given), upscaled, encoded.
-    let guide: Option<Guide> = match &plan.guide {
-        Some(g) => Some(phases.run("guide pass", || denoiser.guide(g, &conds, &mut vae))?),
-        None => None,
+    // 2-5. Prompts, guide and canvas, unless a checkpoint says they are done.
+    let (latents, guide) = match ckpt {
+        Some(c) if c.phase == Phase::Decode => (rt.to_device(&c.state.latents)?, guide_picture(s)),
+        ckpt => {
+            let run = Run {
+                model: &model,
+                rt: &rt,
+                s,
+                plan,
+                writer: &writer,
+                obs,
+            };
+            let done = run.denoise(&mut vae, &mut phases, ckpt.as_ref())?;
+            let state = PassState {
+                next: s.steps,
+                latents: done.0.clone(),
+                history: Vec::new(),
+                noise: Default::default(),
+            };
+            let ckpt = Checkpoint {
+                phase: Phase::Decode,
+                state,
+                guide: None,
+            };
+            writer.write(&ckpt, true)?;
+            done
+        }
     };
-    // 5. The canvas: every window, every remaining step.
-    let latents = phases.run("canvas denoise", || {
-        denoiser.canvas(&conds, guide.as_ref(), &mut vae)
-    })?;
-    let scheduler = denoiser.scheduler;
-    drop(denoiser);
     if let Some(path) = &s.save_latents {
         output::save_tensors(path, &[("latents", &latents)])?;
     }
-    // 6. Decode into the picture with its settings, written as the bands come.
-    let text = png_text(s, &model, plan, scheduler);
+    // 6. Decode into the picture with its settings, written as the bands come; the
+    // checkpoint goes.
+    let text = png_text(s, &model, plan, kind);
     phases.run("decode", || {
         output::save_png_rows(&s.output, (plan.width, plan.height), &text, |put| {
             vae.decode_bands(&latents, obs, &mut |_, band| {
@@ -77,16 +94,154 @@ pub fn render(settings: &Settings, obs: &dyn Observer) -> Result<RenderReport> {
         })
     })?;
     drop(vae);
+    writer.finish()?;
     Ok(RenderReport {
         output: s.output.clone(),
-        guide: guide.and_then(|g| g.picture),
+        guide,
         estimate: fitted.estimate,
         plan: fitted.plan.clone(),
-        scheduler,
+        scheduler: kind,
         phases,
         loads: model.loads(),
         device: rt.device_name(),
     })
+}
+
+/// What the denoising part of a render shares.
+struct Run<'r> {
+    model: &'r ModelDir,
+    rt: &'r Runtime,
+    s: &'r Settings,
+    plan: &'r Plan,
+    writer: &'r resume::Writer,
+    obs: &'r dyn Observer,
+}
+
+impl Run<'_> {
+    /// Prompts, guide and canvas, from `ckpt` if given (checkpointing every step): the canvas
+    /// latents and the guide picture.
+    fn denoise(
+        &self,
+        vae: &mut Autoencoder,
+        phases: &mut PhaseReport,
+        ckpt: Option<&Checkpoint>,
+    ) -> Result<(Tensor, Option<PathBuf>)> {
+        let (s, plan, obs) = (self.s, self.plan, self.obs);
+        let conds = phases.run("encode prompts", || {
+            encode_prompts(self.model, self.rt, &plan.prompts)
+        })?;
+        let denoiser = Denoiser::load(self.model, self.rt, s, plan, obs)?;
+        let guide_step = |state: &PassState| {
+            let ckpt = Checkpoint {
+                phase: Phase::Guide,
+                state: state.clone(),
+                guide: None,
+            };
+            self.writer.write(&ckpt, false)
+        };
+        let guide = match (&plan.guide, ckpt.and_then(|c| c.guide.as_ref())) {
+            (Some(_), Some(latents)) => Some(Guide {
+                latents: self.rt.to_device(latents)?,
+                picture: guide_picture(s),
+            }),
+            (Some(g), None) => {
+                let hooks = Hooks {
+                    resume: ckpt.filter(|c| c.phase == Phase::Guide).map(|c| &c.state),
+                    on_step: Some(&guide_step),
+                };
+                Some(phases.run("guide pass", || denoiser.guide(g, &conds, vae, hooks))?)
+            }
+            (None, _) => None,
+        };
+        let guide_latents = guide.as_ref().map(|g| g.latents.clone());
+        let canvas_step = |state: &PassState| {
+            let ckpt = Checkpoint {
+                phase: Phase::Canvas,
+                state: state.clone(),
+                guide: guide_latents.clone(),
+            };
+            self.writer.write(&ckpt, false)?;
+            match s.preview_every {
+                Some(n) if state.next.is_multiple_of(n) => {
+                    preview::write(&s.output, &state.latents)?;
+                    let path = preview::path_for(&s.output);
+                    obs.note(&format!(
+                        "preview: step {} -> {}",
+                        state.next,
+                        path.display()
+                    ));
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        };
+        let hooks = Hooks {
+            resume: ckpt.filter(|c| c.phase == Phase::Canvas).map(|c| &c.state),
+            on_step: Some(&canvas_step),
+        };
+        let latents = phases.run("canvas denoise", || {
+            denoiser.canvas(&conds, guide.as_ref(), vae, hooks)
+        })?;
+        Ok((latents, guide.and_then(|g| g.picture)))
+    }
+}
+
+/// The guide picture an earlier run of this render left beside the output, if any.
+fn guide_picture(s: &Settings) -> Option<PathBuf> {
+    Some(s.output.with_extension("guide.png")).filter(|p| p.exists())
+}
+
+/// The checkpoint writer of a render, with the fingerprint of what determines its bytes.
+fn checkpoint_writer(
+    s: &Settings,
+    model: &ModelDir,
+    plan: &Plan,
+    kind: SchedulerKind,
+) -> Result<resume::Writer> {
+    let spec = s.to_spec_file(
+        &model.root,
+        (plan.width, plan.height),
+        (plan.window, plan.overlap),
+        kind,
+    );
+    let spec = toml::to_string(&spec).unwrap_or_default();
+    let mut inputs: Vec<&Path> = s.init_noise.iter().map(PathBuf::as_path).collect();
+    inputs.extend(plan.guide.as_ref().and_then(|g| g.image.as_deref()));
+    inputs.extend(plan.image_regions.iter().map(|r| r.image.as_path()));
+    let fingerprint = resume::fingerprint(&spec, &inputs, &model.root)?;
+    Ok(resume::Writer::new(&s.output, fingerprint))
+}
+
+/// The checkpoint to continue from. With `--resume` a checkpoint of another render is an error
+/// (exit 2); without, it is replaced. A matching one is always continued: same bytes, less work.
+fn open_checkpoint(
+    s: &Settings,
+    writer: &resume::Writer,
+    obs: &dyn Observer,
+) -> Result<Option<Checkpoint>> {
+    match resume::load(&writer.path, writer.fingerprint()) {
+        Ok(Some(c)) => {
+            let (phase, next) = (c.phase, c.state.next);
+            obs.note(&format!(
+                "resuming from {}: {phase:?} pass, step {next} done",
+                writer.path.display()
+            ));
+            Ok(Some(c))
+        }
+        Ok(None) => {
+            if s.resume {
+                obs.note("no checkpoint to resume: rendering from the start");
+            }
+            Ok(None)
+        }
+        Err(e) if !s.resume => {
+            obs.note(&format!(
+                "{e}\nrendering from the start; it will be replaced"
+            ));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The device the settings ask for, at their precision.

@@ -82,4 +82,12 @@ impl Scheduler for Ddim {
     }
 
     fn set_begin_index(&mut self, _index: usize) {}
+
+    fn history(&self) -> Vec<Tensor> {
+        Vec::new()
+    }
+
+    fn restore_history(&mut self, history: Vec<Tensor>) -> Result<()> {
+        super::no_history(&history)
+    }
 }

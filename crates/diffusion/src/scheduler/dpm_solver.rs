@@ -123,4 +123,19 @@ impl Scheduler for DpmSolver2M {
     fn set_begin_index(&mut self, index: usize) {
         self.step_index = Some(index);
     }
+
+    fn history(&self) -> Vec<Tensor> {
+        self.previous.iter().cloned().collect()
+    }
+
+    fn restore_history(&mut self, history: Vec<Tensor>) -> Result<()> {
+        if history.len() > 1 {
+            candle_core::bail!(
+                "DPM++ 2M keeps one previous estimate, the checkpoint has {}",
+                history.len()
+            );
+        }
+        self.previous = history.into_iter().next();
+        Ok(())
+    }
 }

@@ -106,4 +106,12 @@ impl Scheduler for Euler {
     fn set_begin_index(&mut self, index: usize) {
         self.step_index = Some(index);
     }
+
+    fn history(&self) -> Vec<Tensor> {
+        Vec::new()
+    }
+
+    fn restore_history(&mut self, history: Vec<Tensor>) -> Result<()> {
+        super::no_history(&history)
+    }
 }

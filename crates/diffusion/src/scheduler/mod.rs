@@ -95,6 +95,19 @@ pub trait Scheduler {
     fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor>;
     /// Start the schedule at timestep index `index` (img2img / the hi-res pass).
     fn set_begin_index(&mut self, index: usize);
+    /// What a resumed pass needs besides the latents and the step: the multistep history
+    /// (DPM++ 2M: the previous clean-sample estimate). Empty for one-step schedulers.
+    fn history(&self) -> Vec<Tensor>;
+    /// Restore what [`Scheduler::history`] returned, after `set_begin_index` (checkpoint resume).
+    fn restore_history(&mut self, history: Vec<Tensor>) -> Result<()>;
+}
+
+/// One-step schedulers keep no history: only an empty one can be restored.
+fn no_history(history: &[Tensor]) -> Result<()> {
+    match history.is_empty() {
+        true => Ok(()),
+        false => candle_core::bail!("this scheduler keeps no history; the checkpoint has some"),
+    }
 }
 
 impl SchedulerConfig {

@@ -40,6 +40,31 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
             validate::multiple_of_8(&bad, field, v, false)?;
         }
     }
+    let many = |n: usize| n == 0 || n > MAX_VARIATIONS;
+    match (&c.seeds, c.count) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "canvas.count",
+                "both `seeds` and `count`".into(),
+                "give either a list of seeds or a count of variations",
+            ))
+        }
+        (Some(s), None) if many(s.len()) => {
+            return Err(bad(
+                "canvas.seeds",
+                format!("{} seeds", s.len()),
+                &format!("list 1 to {MAX_VARIATIONS} seeds"),
+            ))
+        }
+        (None, Some(n)) if many(n) => {
+            return Err(bad(
+                "canvas.count",
+                format!("{n} variations"),
+                &format!("ask for 1 to {MAX_VARIATIONS} variations"),
+            ))
+        }
+        _ => {}
+    }
     let steps = validate::steps(
         &bad,
         "canvas.steps",
@@ -110,6 +135,16 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         (None, None, Some(sp)) => sp.with_extension("png"),
         (None, None, None) => PathBuf::from("tessera.png"),
     };
+    let preview_every = o
+        .preview_every
+        .or(spec.output.as_ref().and_then(|t| t.preview_every));
+    if preview_every == Some(0) {
+        return Err(bad(
+            "output.preview_every",
+            "a preview every 0 steps".into(),
+            "give a number of steps of at least 1, or leave it out for no previews",
+        ));
+    }
     Ok(Settings {
         origin: origin.clone(),
         model,
@@ -152,6 +187,8 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         output,
         init_noise: o.init_noise.clone(),
         save_latents: o.save_latents.clone(),
+        preview_every,
+        resume: o.resume,
     })
 }
 

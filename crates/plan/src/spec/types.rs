@@ -29,6 +29,10 @@ pub struct CanvasTable {
     pub width: Option<usize>,
     pub height: Option<usize>,
     pub seed: Option<u64>,
+    /// Render one variation per seed (`<stem>-s<seed>.png`).
+    pub seeds: Option<Vec<u64>>,
+    /// Render this many variations, seeds `seed`, `seed + 1`, ...
+    pub count: Option<usize>,
     pub steps: Option<usize>,
     pub scheduler: Option<String>,
     pub dtype: Option<String>,
@@ -108,6 +112,8 @@ pub struct GuideTable {
 #[serde(deny_unknown_fields)]
 pub struct OutputTable {
     pub path: Option<String>,
+    /// Write `<output stem>.preview.png` every this many canvas steps.
+    pub preview_every: Option<usize>,
 }
 
 /// Command-line values that override the spec (all optional).
@@ -131,6 +137,8 @@ pub struct Overrides {
     pub stream_weights: bool,
     pub attention_mib: Option<usize>,
     pub max_memory: Option<String>,
+    pub preview_every: Option<usize>,
+    pub resume: bool,
 }
 
 /// A prompt with its negative and guidance scale.
@@ -228,12 +236,31 @@ pub struct Settings {
     pub output: PathBuf,
     pub init_noise: Option<PathBuf>,
     pub save_latents: Option<PathBuf>,
+    /// Write a preview every this many canvas steps (never changes the output).
+    pub preview_every: Option<usize>,
+    /// Continue from the output's checkpoint; a checkpoint of another render is an error.
+    /// (Without it a matching checkpoint is still continued: the bytes are the same.)
+    pub resume: bool,
 }
 
 pub const DEFAULT_STEPS: usize = 30;
 pub const DEFAULT_GUIDANCE: f64 = 7.5;
 
+/// At most this many variations per spec.
+pub const MAX_VARIATIONS: usize = 10_000;
+
 impl SpecFile {
+    /// The seeds of the spec's variations (`[canvas] seeds` or `count`), if it asks for any.
+    pub fn variation_seeds(&self) -> Option<Vec<u64>> {
+        let c = &self.canvas;
+        let start = c.seed.unwrap_or(0);
+        match (&c.seeds, c.count) {
+            (Some(seeds), _) => Some(seeds.clone()),
+            (None, Some(n)) => Some((0..n as u64).map(|i| start.wrapping_add(i)).collect()),
+            (None, None) => None,
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::input(

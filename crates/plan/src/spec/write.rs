@@ -24,6 +24,8 @@ impl Settings {
                 width: Some(width),
                 height: Some(height),
                 seed: Some(self.seed),
+                seeds: None,
+                count: None,
                 steps: Some(self.steps),
                 scheduler: Some(scheduler.name().to_string()),
                 dtype: Some(self.precision.name().to_string()),
@@ -83,6 +85,7 @@ impl Settings {
             }),
             output: Some(OutputTable {
                 path: Some(path(&self.output)),
+                preview_every: None,
             }),
         }
     }
