@@ -2,6 +2,7 @@
 //! configs, and its components loaded into the networks on a runtime.
 
 use candle_core::DType;
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use tessera_core::{Error, Result};
 use tessera_diffusion::autoencoder::VaeSource;
 use tessera_diffusion::scheduler::SchedulerConfig;
+use tessera_nn::ldm::{self, LdmSource, Part};
+use tessera_nn::lora::{self, LoraSet, WithLora};
 use tessera_nn::{clip, tokenizer, unet, vae, weights, Runtime};
 
 /// The repository's `models/` folder (the bundled models).
@@ -20,6 +23,9 @@ fn bundled(name: &str) -> PathBuf {
     repo.join("models").join(name)
 }
 
+/// A stored tensor: name, dtype, element count.
+pub type WeightEntry = (String, DType, u64);
+
 /// A diffusers model folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, ...).
 #[derive(Debug, Clone)]
 pub struct ModelDir {
@@ -27,6 +33,10 @@ pub struct ModelDir {
     /// How many times each component was loaded (clones share it): the render report shows
     /// it, so a model loaded twice is visible.
     loads: Arc<Mutex<BTreeMap<&'static str, usize>>>,
+    /// LoRAs merged into the UNet's and text encoder's weights as they are read.
+    loras: Option<Arc<LoraSet>>,
+    /// A single-file LDM checkpoint holding every weight; `root` then only gives the configs.
+    single: Option<Arc<weights::WeightFile>>,
 }
 
 impl ModelDir {
@@ -54,7 +64,135 @@ impl ModelDir {
         Ok(Self {
             root,
             loads: Default::default(),
+            loras: None,
+            single: None,
         })
+    }
+
+    /// `--model PATH [--config DIR]`: a diffusers folder, or a single-file LDM checkpoint
+    /// whose configs (and tokenizer, scheduler) come from `config`.
+    pub fn open_model(path: impl AsRef<Path>, config: Option<&Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Self::open(path);
+        }
+        let Some(config) = config else {
+            return Err(Error::input(
+                path,
+                None,
+                "a single-file checkpoint needs the configs of its architecture",
+                "give --config DIR (a diffusers folder of the same architecture: its \
+                 model_index.json, */config.json, tokenizer/ and scheduler/ are used)",
+            ));
+        };
+        let mut dir = Self::open_configs(config)?;
+        let file = weights::WeightFile::open(path).map_err(|e| {
+            Error::input(
+                path,
+                None,
+                format!("cannot read: {e}"),
+                "give a .safetensors file",
+            )
+        })?;
+        for prefix in [ldm::UNET_PREFIX, ldm::VAE_PREFIX, ldm::SD1_TEXT_PREFIX] {
+            if !file.shapes().any(|(n, _)| n.starts_with(prefix)) {
+                return Err(Error::input(
+                    path,
+                    Some(prefix),
+                    format!("no {prefix}* tensors: not an SD 1.x checkpoint in the LDM layout"),
+                    "give an SD 1.x .safetensors checkpoint (A1111 layout) or a diffusers folder",
+                ));
+            }
+        }
+        dir.single = Some(Arc::new(file));
+        Ok(dir)
+    }
+
+    /// A config folder: the diffusers layout's configs, tokenizer and scheduler (weights
+    /// optional).
+    fn open_configs(root: &Path) -> Result<Self> {
+        for part in [
+            "unet/config.json",
+            "vae/config.json",
+            "text_encoder/config.json",
+        ] {
+            if !root.join(part).is_file() {
+                return Err(Error::input(
+                    root.join(part),
+                    None,
+                    format!("the config folder has no {part}"),
+                    "give --config a diffusers model folder of the checkpoint's architecture",
+                ));
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            loads: Default::default(),
+            loras: None,
+            single: None,
+        })
+    }
+
+    /// Every weight of `component` as (name, stored dtype, elements), from the headers: the
+    /// diffusers names of a folder, the LDM names (prefix removed) of a single file; and the
+    /// file they are in.
+    pub fn weight_entries(
+        &self,
+        component: &str,
+        stem: &str,
+    ) -> Result<(PathBuf, Vec<WeightEntry>)> {
+        if let Some(file) = &self.single {
+            let prefix = match component {
+                "unet" => ldm::UNET_PREFIX,
+                "vae" => ldm::VAE_PREFIX,
+                _ => ldm::SD1_TEXT_PREFIX,
+            };
+            let entries = file
+                .entries()
+                .filter_map(|(n, d, c)| Some((n.strip_prefix(prefix)?.to_string(), d, c)))
+                .collect();
+            return Ok((file.path().to_path_buf(), entries));
+        }
+        let path = self.weights(component, stem)?;
+        let file = self.open_weights(&path)?;
+        let entries = file
+            .entries()
+            .map(|(n, d, c)| (n.to_string(), d, c))
+            .collect();
+        Ok((path, entries))
+    }
+
+    /// The single-file checkpoint, if the weights come from one.
+    pub fn single_file(&self) -> Option<&Path> {
+        self.single.as_deref().map(|f| f.path())
+    }
+
+    /// Merge the LoRA files `(path, weight)` into the UNet and text encoder as they are
+    /// loaded (resident or streamed). Every module must match a weight of the model.
+    pub fn with_loras(mut self, loras: &[(PathBuf, f64)]) -> Result<Self> {
+        if loras.is_empty() {
+            return Ok(self);
+        }
+        let mut set = LoraSet::default();
+        for (path, weight) in loras {
+            set.add(path, *weight)?;
+        }
+        // Folder weights name every module, so a LoRA for another model is caught here.
+        let components = if self.single.is_some() {
+            vec![]
+        } else {
+            vec![
+                ("unet", "diffusion_pytorch_model", lora::UNET),
+                ("text_encoder", "model", lora::TEXT_ENCODER),
+            ]
+        };
+        for (component, stem, prefix) in components {
+            let path = self.weights(component, stem)?;
+            let file = self.open_weights(&path)?;
+            set.check_targets(prefix, file.shapes().map(|(n, _)| n), &path)?;
+        }
+        self.loras = Some(Arc::new(set));
+        Ok(self)
     }
 
     /// The bundled trained tiny model (`models/tiny-poster`), used when no model is given.
@@ -114,16 +252,56 @@ impl ModelDir {
         stem: &str,
         dtype: DType,
     ) -> Result<VarBuilder<'static>> {
-        let path = self.weights(component, stem)?;
-        let file = weights::WeightFile::open(&path).map_err(|e| {
+        let source: Box<dyn SimpleBackend> = match &self.single {
+            Some(file) => Box::new(LdmSource::new(file.clone(), self.ldm_part(component)?)),
+            None => Box::new(self.open_weights(&self.weights(component, stem)?)?),
+        };
+        let prefix = match component {
+            "unet" => lora::UNET,
+            "text_encoder" => lora::TEXT_ENCODER,
+            _ => "",
+        };
+        let source: Box<dyn SimpleBackend> = match &self.loras {
+            Some(set) if !prefix.is_empty() && set.touches(prefix) => {
+                Box::new(WithLora::new(source, set.clone(), prefix))
+            }
+            _ => source,
+        };
+        Ok(VarBuilder::from_backend(source, dtype, rt.device.clone()))
+    }
+
+    /// Where `component` lives in a single-file checkpoint.
+    fn ldm_part(&self, component: &str) -> Result<Part> {
+        Ok(match component {
+            "unet" => {
+                let cfg = self.unet_config()?;
+                Part::Unet {
+                    layers_per_block: cfg.layers_per_block,
+                    up_attention: cfg
+                        .up_block_types
+                        .iter()
+                        .map(|t| t.contains("CrossAttn"))
+                        .collect(),
+                }
+            }
+            "vae" => Part::Vae {
+                levels: self.vae_config()?.block_out_channels.len(),
+            },
+            _ => Part::TextEncoder {
+                prefix: ldm::SD1_TEXT_PREFIX.to_string(),
+            },
+        })
+    }
+
+    fn open_weights(&self, path: &Path) -> Result<weights::WeightFile> {
+        weights::WeightFile::open(path).map_err(|e| {
             Error::input(
-                &path,
+                path,
                 None,
                 format!("cannot read weights: {e}"),
                 "re-download it",
             )
-        })?;
-        Ok(file.into_var_builder(dtype, &rt.device))
+        })
     }
 
     pub fn unet_config(&self) -> Result<unet::UNetConfig> {

@@ -13,6 +13,8 @@ pub mod clip;
 pub mod config;
 pub mod kernels;
 pub mod layers;
+pub mod ldm;
+pub mod lora;
 pub mod runtime;
 pub mod tokenizer;
 pub mod unet;

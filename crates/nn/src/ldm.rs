@@ -1,0 +1,241 @@
+//! Single-file checkpoints in the original LDM / A1111 layout (`model.diffusion_model.*`,
+//! `first_stage_model.*`, `cond_stage_model.transformer.*`), read as they are: the networks ask
+//! for diffusers names, and this layer says which LDM tensor holds each (and reshapes the VAE's
+//! 1x1-convolution attention weights into the linear weights diffusers has).
+
+use crate::weights::WeightFile;
+use candle_core::{DType, Device, Result, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use std::sync::Arc;
+
+/// Which model of the checkpoint a source serves, with what its key map needs to know.
+#[derive(Debug, Clone)]
+pub enum Part {
+    /// `layers_per_block` and, per up block, whether it has attentions (the upsampler's index
+    /// inside its LDM output block depends on it).
+    Unet {
+        layers_per_block: usize,
+        up_attention: Vec<bool>,
+    },
+    /// The number of resolution levels (LDM numbers decoder levels bottom-up).
+    Vae { levels: usize },
+    /// A CLIP text encoder stored in the Hugging Face layout under this prefix
+    /// (SD 1.x: `cond_stage_model.transformer.`).
+    TextEncoder { prefix: String },
+}
+
+pub const UNET_PREFIX: &str = "model.diffusion_model.";
+pub const VAE_PREFIX: &str = "first_stage_model.";
+pub const SD1_TEXT_PREFIX: &str = "cond_stage_model.transformer.";
+
+/// `a.<i>.b` → (`i`, `b`) for `name` starting with `a.`.
+fn index_after<'a>(name: &'a str, a: &str) -> Option<(usize, &'a str)> {
+    let rest = name.strip_prefix(a)?.strip_prefix('.')?;
+    let (i, tail) = rest.split_once('.')?;
+    Some((i.parse().ok()?, tail))
+}
+
+fn unet_resnet(tail: &str) -> String {
+    let map = [
+        ("norm1.", "in_layers.0."),
+        ("conv1.", "in_layers.2."),
+        ("time_emb_proj.", "emb_layers.1."),
+        ("norm2.", "out_layers.0."),
+        ("conv2.", "out_layers.3."),
+        ("conv_shortcut.", "skip_connection."),
+    ];
+    for (d, l) in map {
+        if let Some(rest) = tail.strip_prefix(d) {
+            return format!("{l}{rest}");
+        }
+    }
+    tail.to_string()
+}
+
+/// The LDM key of a diffusers UNet tensor name.
+pub fn unet_key(name: &str, layers_per_block: usize, up_attention: &[bool]) -> Option<String> {
+    let per = layers_per_block + 1;
+    let simple = [
+        ("time_embedding.linear_1.", "time_embed.0."),
+        ("time_embedding.linear_2.", "time_embed.2."),
+        ("add_embedding.linear_1.", "label_emb.0.0."),
+        ("add_embedding.linear_2.", "label_emb.0.2."),
+        ("conv_in.", "input_blocks.0.0."),
+        ("conv_norm_out.", "out.0."),
+        ("conv_out.", "out.2."),
+    ];
+    let key = if let Some((d, l)) = simple.iter().find(|(d, _)| name.starts_with(d)) {
+        format!("{l}{}", &name[d.len()..])
+    } else if let Some((i, tail)) = index_after(name, "down_blocks") {
+        if let Some((j, t)) = index_after(tail, "resnets") {
+            format!("input_blocks.{}.0.{}", 1 + i * per + j, unet_resnet(t))
+        } else if let Some((j, t)) = index_after(tail, "attentions") {
+            format!("input_blocks.{}.1.{t}", 1 + i * per + j)
+        } else {
+            let t = tail.strip_prefix("downsamplers.0.conv.")?;
+            format!("input_blocks.{}.0.op.{t}", (i + 1) * per)
+        }
+    } else if let Some(tail) = name.strip_prefix("mid_block.") {
+        if let Some((j, t)) = index_after(tail, "resnets") {
+            format!("middle_block.{}.{}", 2 * j, unet_resnet(t))
+        } else {
+            let t = tail.strip_prefix("attentions.0.")?;
+            format!("middle_block.1.{t}")
+        }
+    } else if let Some((i, tail)) = index_after(name, "up_blocks") {
+        if let Some((j, t)) = index_after(tail, "resnets") {
+            format!("output_blocks.{}.0.{}", i * per + j, unet_resnet(t))
+        } else if let Some((j, t)) = index_after(tail, "attentions") {
+            format!("output_blocks.{}.1.{t}", i * per + j)
+        } else {
+            let t = tail.strip_prefix("upsamplers.0.conv.")?;
+            let slot = if *up_attention.get(i)? { 2 } else { 1 };
+            format!(
+                "output_blocks.{}.{slot}.conv.{t}",
+                i * per + layers_per_block
+            )
+        }
+    } else {
+        return None;
+    };
+    Some(format!("{UNET_PREFIX}{key}"))
+}
+
+fn vae_resnet(tail: &str) -> String {
+    match tail.strip_prefix("conv_shortcut.") {
+        Some(rest) => format!("nin_shortcut.{rest}"),
+        None => tail.to_string(),
+    }
+}
+
+fn vae_mid(tail: &str) -> Option<String> {
+    if let Some((j, t)) = index_after(tail, "resnets") {
+        return Some(format!("mid.block_{}.{}", j + 1, vae_resnet(t)));
+    }
+    let t = tail.strip_prefix("attentions.0.")?;
+    let map = [
+        ("group_norm.", "norm."),
+        ("to_q.", "q."),
+        ("to_k.", "k."),
+        ("to_v.", "v."),
+        ("to_out.0.", "proj_out."),
+    ];
+    let (d, l) = map.iter().find(|(d, _)| t.starts_with(d))?;
+    Some(format!("mid.attn_1.{l}{}", &t[d.len()..]))
+}
+
+/// The LDM key of a diffusers VAE tensor name.
+pub fn vae_key(name: &str, levels: usize) -> Option<String> {
+    let key = if let Some(e) = name.strip_prefix("encoder.") {
+        let inner = if let Some((i, tail)) = index_after(e, "down_blocks") {
+            if let Some((j, t)) = index_after(tail, "resnets") {
+                format!("down.{i}.block.{j}.{}", vae_resnet(t))
+            } else {
+                format!(
+                    "down.{i}.downsample.conv.{}",
+                    tail.strip_prefix("downsamplers.0.conv.")?
+                )
+            }
+        } else if let Some(tail) = e.strip_prefix("mid_block.") {
+            vae_mid(tail)?
+        } else if let Some(t) = e.strip_prefix("conv_norm_out.") {
+            format!("norm_out.{t}")
+        } else {
+            e.to_string()
+        };
+        format!("encoder.{inner}")
+    } else if let Some(d) = name.strip_prefix("decoder.") {
+        let inner = if let Some((i, tail)) = index_after(d, "up_blocks") {
+            let level = levels.checked_sub(1 + i)?;
+            if let Some((j, t)) = index_after(tail, "resnets") {
+                format!("up.{level}.block.{j}.{}", vae_resnet(t))
+            } else {
+                format!(
+                    "up.{level}.upsample.conv.{}",
+                    tail.strip_prefix("upsamplers.0.conv.")?
+                )
+            }
+        } else if let Some(tail) = d.strip_prefix("mid_block.") {
+            vae_mid(tail)?
+        } else if let Some(t) = d.strip_prefix("conv_norm_out.") {
+            format!("norm_out.{t}")
+        } else {
+            d.to_string()
+        };
+        format!("decoder.{inner}")
+    } else {
+        name.to_string()
+    };
+    Some(format!("{VAE_PREFIX}{key}"))
+}
+
+impl Part {
+    /// The checkpoint key holding the diffusers tensor `name`.
+    pub fn key(&self, name: &str) -> Option<String> {
+        match self {
+            Part::Unet {
+                layers_per_block,
+                up_attention,
+            } => unet_key(name, *layers_per_block, up_attention),
+            Part::Vae { levels } => vae_key(name, *levels),
+            Part::TextEncoder { prefix } => Some(format!("{prefix}{name}")),
+        }
+    }
+}
+
+/// One model of a single-file checkpoint as a weight source under diffusers names.
+pub struct LdmSource {
+    file: Arc<WeightFile>,
+    part: Part,
+}
+
+impl LdmSource {
+    pub fn new(file: Arc<WeightFile>, part: Part) -> Self {
+        Self { file, part }
+    }
+
+    fn key(&self, name: &str) -> Result<String> {
+        self.part.key(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{}: no LDM key for the diffusers tensor {name}",
+                self.file.path().display()
+            ))
+        })
+    }
+}
+
+impl SimpleBackend for LdmSource {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        let key = self.key(name)?;
+        let t = self.file.load(&key, dtype, dev)?;
+        if t.shape() == &s {
+            return Ok(t);
+        }
+        // LDM stores the VAE attention projections as 1x1 convolutions, [c, c, 1, 1].
+        let squeezed: Vec<usize> = t.dims().iter().copied().filter(|&d| d != 1).collect();
+        let want: Vec<usize> = s.dims().iter().copied().filter(|&d| d != 1).collect();
+        if squeezed == want {
+            return t.reshape(s);
+        }
+        Err(candle_core::Error::UnexpectedShape {
+            msg: format!("{}: shape mismatch for {key}", self.file.path().display()),
+            expected: s,
+            got: t.shape().clone(),
+        })
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        self.file.load(&self.key(name)?, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.part.key(name).is_some_and(|k| self.file.contains(&k))
+    }
+}

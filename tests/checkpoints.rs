@@ -1,0 +1,244 @@
+//! Weight loading beyond a plain diffusers folder: LoRA files merged at load time (fixtures in
+//! tests/fixtures/lora, diffusers 0.42.1 + PEFT).
+
+mod common;
+use candle_core::{DType, Tensor};
+use common::*;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tessera::models::ModelDir;
+
+fn lora_path(name: &str) -> PathBuf {
+    repo_path(&format!("tests/fixtures/lora/{name}"))
+}
+
+fn lora_fixture(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(lora_path(name), &runtime().device).unwrap()
+}
+
+fn with_lora(file: &str, weight: f64) -> ModelDir {
+    ModelDir::open(tiny_model_dir())
+        .unwrap()
+        .with_loras(&[(lora_path(file), weight)])
+        .unwrap()
+}
+
+const KOHYA: &str = "tiny_lora_kohya.safetensors";
+const PEFT: &str = "tiny_lora_diffusers.safetensors";
+
+#[test]
+fn lora_formats_merge_into_the_same_weights() {
+    // The weights the LoRA touches, named from the diffusers file's keys.
+    let keys: Vec<String> = lora_fixture(PEFT).into_keys().collect();
+    let targets: Vec<(&str, String)> = keys
+        .iter()
+        .filter_map(|k| k.strip_suffix(".lora_A.weight"))
+        .map(|m| match m.strip_prefix("unet.") {
+            Some(p) => ("unet", format!("{p}.weight")),
+            None => (
+                "text_encoder",
+                format!("{}.weight", &m["text_encoder.".len()..]),
+            ),
+        })
+        .collect();
+    assert_eq!(targets.len(), 88);
+    let rt = runtime();
+    let base = ModelDir::open(tiny_model_dir()).unwrap();
+    let (kohya, peft) = (with_lora(KOHYA, 1.0), with_lora(PEFT, 1.0));
+    let stem = |c: &str| {
+        if c == "unet" {
+            "diffusion_pytorch_model"
+        } else {
+            "model"
+        }
+    };
+    for (component, name) in &targets {
+        let get = |d: &ModelDir| {
+            d.var_builder(&rt, component, stem(component), DType::F32)
+                .unwrap()
+                .get_unchecked(name)
+                .unwrap()
+        };
+        let (w, k, p) = (get(&base), get(&kohya), get(&peft));
+        assert_eq!(
+            max_abs_diff(&k, &p),
+            0.0,
+            "{component} {name}: kohya != peft"
+        );
+        assert!(
+            max_abs_diff(&k, &w) > 1e-3,
+            "{component} {name}: LoRA changed nothing"
+        );
+    }
+}
+
+#[test]
+fn lora_unet_matches_diffusers_at_each_scale() {
+    let f = lora_fixture("lora_unet.safetensors");
+    let (sample, ehs) = (get(&f, "sample"), get(&f, "encoder_hidden_states"));
+    let base = ModelDir::open(tiny_model_dir()).unwrap();
+    let out = base
+        .load_unet(&runtime(), DType::F32)
+        .unwrap()
+        .forward(&sample, 500.0, &ehs);
+    assert_close("unet no LoRA", &out.unwrap(), &get(&f, "base.out"), 1e-4);
+    for (file, scale) in [(KOHYA, 1.0), (PEFT, 1.0), (KOHYA, 0.6), (PEFT, 0.6)] {
+        let dir = with_lora(file, scale);
+        let unet = dir.load_unet(&runtime(), DType::F32).unwrap();
+        let out = unet.forward(&sample, 500.0, &ehs).unwrap();
+        let reference = get(&f, &format!("lora_s{scale:.1}.out"));
+        assert_close(&format!("unet {file} s={scale}"), &out, &reference, 1e-4);
+        if scale == 0.6 {
+            // Streamed layers get the same merge.
+            let streamed = dir.load_unet_streaming(&runtime(), DType::F32).unwrap();
+            let s = streamed.forward(&sample, 500.0, &ehs).unwrap();
+            assert_eq!(max_abs_diff(&out, &s), 0.0, "{file}: streamed LoRA differs");
+        }
+    }
+}
+
+#[test]
+fn lora_text_encoder_matches_diffusers_at_each_scale() {
+    let f = lora_fixture("lora_text.safetensors");
+    let ids: Vec<Vec<i64>> = get(&f, "input_ids").to_vec2().unwrap();
+    let ids: Vec<Vec<u32>> = ids
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v as u32).collect())
+        .collect();
+    let ids = Tensor::new(ids, &runtime().device).unwrap();
+    for (file, scale) in [(KOHYA, 1.0), (PEFT, 0.8)] {
+        let encoder = with_lora(file, scale)
+            .load_text_encoder(&runtime(), DType::F32)
+            .unwrap();
+        let out = encoder.forward(&ids).unwrap();
+        let reference = get(&f, &format!("lora_s{scale:.1}.last_hidden_state"));
+        assert_close(
+            &format!("text encoder {file} s={scale}"),
+            &out,
+            &reference,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn lora_errors_name_the_file_and_key() {
+    let dir = ModelDir::open(tiny_model_dir()).unwrap();
+    // A model file is not a LoRA: its first unknown key is named.
+    let unet = tiny_model_dir().join("unet/diffusion_pytorch_model.safetensors");
+    let e = dir.clone().with_loras(&[(unet.clone(), 1.0)]).unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains("not a LoRA tensor") && e.contains("diffusion_pytorch_model"),
+        "{e}"
+    );
+    let e = dir
+        .with_loras(&[(lora_path("missing.safetensors"), 1.0)])
+        .unwrap_err();
+    assert!(e.to_string().contains("missing.safetensors"), "{e}");
+}
+
+fn single_file() -> PathBuf {
+    repo_path("tests/fixtures/single/tiny-sd.safetensors")
+}
+
+#[test]
+fn single_file_tensors_equal_the_folders_bit_for_bit() {
+    let rt = runtime();
+    let folder = ModelDir::open(tiny_model_dir()).unwrap();
+    let single = ModelDir::open_model(single_file(), Some(&tiny_model_dir())).unwrap();
+    let mut read = 0;
+    for (component, stem) in [
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ] {
+        let (_, entries) = folder.weight_entries(component, stem).unwrap();
+        let a = folder
+            .var_builder(&rt, component, stem, DType::F32)
+            .unwrap();
+        let b = single
+            .var_builder(&rt, component, stem, DType::F32)
+            .unwrap();
+        for (name, _, _) in entries {
+            let want = a.get_unchecked(&name).unwrap();
+            let got = b
+                .get(want.shape(), &name)
+                .unwrap_or_else(|e| panic!("{component} {name}: {e}"));
+            assert_eq!(max_abs_diff(&got, &want), 0.0, "{component} {name}");
+            read += 1;
+        }
+    }
+    // Every tensor of the checkpoint is some folder tensor (440 UNet, 180 VAE, 36 CLIP).
+    assert_eq!(read, 656);
+}
+
+#[test]
+fn single_file_renders_what_the_folder_renders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (single, config) = (single_file(), tiny_model_dir());
+    let mut latents = Vec::new();
+    for (name, model) in [("folder", &config), ("single", &single)] {
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        let png = tmp.path().join(format!("{name}.png"));
+        let mut args = vec![
+            "render",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a cat",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "3",
+            "--scheduler",
+            "dpm++2m-karras",
+            "--save-latents",
+            out.to_str().unwrap(),
+            "--out",
+            png.to_str().unwrap(),
+        ];
+        if name == "single" {
+            args.extend(["--config", config.to_str().unwrap()]);
+        }
+        let o = std::process::Command::new(tessera_bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        latents.push(
+            candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap()["latents"]
+                .clone(),
+        );
+        let text = String::from_utf8_lossy(&std::fs::read(&png).unwrap()).into_owned();
+        assert!(
+            text.contains("Sampler: DPM++ 2M Karras"),
+            "{name}: A1111 sampler name"
+        );
+    }
+    assert_eq!(max_abs_diff(&latents[0], &latents[1]), 0.0);
+    // Without --config the file's architecture is unknown: exit 2, naming the file and the fix.
+    let o = std::process::Command::new(tessera_bin())
+        .args(["model", "info", single.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tiny-sd.safetensors") && err.contains("--config"),
+        "{err}"
+    );
+    let o = std::process::Command::new(tessera_bin())
+        .args(["model", "info", single.to_str().unwrap(), "--json"])
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(info["unet"]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("tiny-sd.safetensors"));
+}
