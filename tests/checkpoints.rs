@@ -242,3 +242,85 @@ fn single_file_renders_what_the_folder_renders() {
         .unwrap()
         .ends_with("tiny-sd.safetensors"));
 }
+
+/// The tiny checkpoint with its text encoder rewritten in SD 2.x's OpenCLIP layout
+/// (`cond_stage_model.model.*`, q/k/v concatenated into `in_proj`), converted here from the
+/// folder's tensors by OpenCLIP's naming.
+fn open_clip_checkpoint(dir: &std::path::Path) -> PathBuf {
+    let cpu = candle_core::Device::Cpu;
+    let mut all = candle_core::safetensors::load(single_file(), &cpu).unwrap();
+    all.retain(|k, _| !k.starts_with("cond_stage_model."));
+    let te = candle_core::safetensors::load(
+        tiny_model_dir().join("text_encoder/model.safetensors"),
+        &cpu,
+    )
+    .unwrap();
+    let p = "cond_stage_model.model.";
+    let t = |k: &str| te[&format!("text_model.{k}")].clone();
+    all.insert(
+        format!("{p}token_embedding.weight"),
+        t("embeddings.token_embedding.weight"),
+    );
+    all.insert(
+        format!("{p}positional_embedding"),
+        t("embeddings.position_embedding.weight"),
+    );
+    for w in ["weight", "bias"] {
+        all.insert(
+            format!("{p}ln_final.{w}"),
+            t(&format!("final_layer_norm.{w}")),
+        );
+    }
+    for i in 0..2 {
+        let (l, b) = (
+            format!("encoder.layers.{i}"),
+            format!("{p}transformer.resblocks.{i}"),
+        );
+        for w in ["weight", "bias"] {
+            let qkv: Vec<Tensor> = ["q", "k", "v"]
+                .iter()
+                .map(|x| t(&format!("{l}.self_attn.{x}_proj.{w}")))
+                .collect();
+            all.insert(
+                format!("{b}.attn.in_proj_{w}"),
+                Tensor::cat(&qkv, 0).unwrap(),
+            );
+            for (d, o) in [
+                ("self_attn.out_proj", "attn.out_proj"),
+                ("layer_norm1", "ln_1"),
+                ("layer_norm2", "ln_2"),
+                ("mlp.fc1", "mlp.c_fc"),
+                ("mlp.fc2", "mlp.c_proj"),
+            ] {
+                all.insert(format!("{b}.{o}.{w}"), t(&format!("{l}.{d}.{w}")));
+            }
+        }
+    }
+    let path = dir.join("tiny-sd2-layout.safetensors");
+    candle_core::safetensors::save(&all, &path).unwrap();
+    path
+}
+
+#[test]
+fn open_clip_text_encoder_slices_in_proj_into_q_k_v() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = open_clip_checkpoint(tmp.path());
+    let rt = runtime();
+    let folder = ModelDir::open(tiny_model_dir()).unwrap();
+    let single = ModelDir::open_model(&file, Some(&tiny_model_dir())).unwrap();
+    let (_, entries) = folder.weight_entries("text_encoder", "model").unwrap();
+    let a = folder
+        .var_builder(&rt, "text_encoder", "model", DType::F32)
+        .unwrap();
+    let b = single
+        .var_builder(&rt, "text_encoder", "model", DType::F32)
+        .unwrap();
+    for (name, _, _) in &entries {
+        let want = a.get_unchecked(name).unwrap();
+        let got = b
+            .get(want.shape(), name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(max_abs_diff(&got, &want), 0.0, "{name}");
+    }
+    assert_eq!(entries.len(), 36);
+}

@@ -94,13 +94,15 @@ impl ModelDir {
                 "give a .safetensors file",
             )
         })?;
-        for prefix in [ldm::UNET_PREFIX, ldm::VAE_PREFIX, ldm::SD1_TEXT_PREFIX] {
-            if !file.shapes().any(|(n, _)| n.starts_with(prefix)) {
+        let has = |prefix: &str| file.shapes().any(|(n, _)| n.starts_with(prefix));
+        let text = [ldm::SD1_TEXT_PREFIX, ldm::SD2_TEXT_PREFIX];
+        for prefix in [ldm::UNET_PREFIX, ldm::VAE_PREFIX, text[0]] {
+            if !has(prefix) && !(prefix == text[0] && has(text[1])) {
                 return Err(Error::input(
                     path,
                     Some(prefix),
-                    format!("no {prefix}* tensors: not an SD 1.x checkpoint in the LDM layout"),
-                    "give an SD 1.x .safetensors checkpoint (A1111 layout) or a diffusers folder",
+                    format!("no {prefix}* tensors: not an SD 1.x/2.x checkpoint in the LDM layout"),
+                    "give an SD 1.x/2.x .safetensors checkpoint (A1111 layout) or a diffusers folder",
                 ));
             }
         }
@@ -145,7 +147,13 @@ impl ModelDir {
             let prefix = match component {
                 "unet" => ldm::UNET_PREFIX,
                 "vae" => ldm::VAE_PREFIX,
-                _ => ldm::SD1_TEXT_PREFIX,
+                _ if file
+                    .entries()
+                    .any(|(n, _, _)| n.starts_with(ldm::SD1_TEXT_PREFIX)) =>
+                {
+                    ldm::SD1_TEXT_PREFIX
+                }
+                _ => ldm::SD2_TEXT_PREFIX,
             };
             let entries = file
                 .entries()
@@ -272,6 +280,7 @@ impl ModelDir {
 
     /// Where `component` lives in a single-file checkpoint.
     fn ldm_part(&self, component: &str) -> Result<Part> {
+        let sd1_probe = format!("{}text_model.final_layer_norm.weight", ldm::SD1_TEXT_PREFIX);
         Ok(match component {
             "unet" => {
                 let cfg = self.unet_config()?;
@@ -287,8 +296,13 @@ impl ModelDir {
             "vae" => Part::Vae {
                 levels: self.vae_config()?.block_out_channels.len(),
             },
-            _ => Part::TextEncoder {
-                prefix: ldm::SD1_TEXT_PREFIX.to_string(),
+            _ => match self.single.as_ref().map(|f| f.contains(&sd1_probe)) {
+                Some(false) => Part::OpenClip {
+                    prefix: ldm::SD2_TEXT_PREFIX.to_string(),
+                },
+                _ => Part::TextEncoder {
+                    prefix: ldm::SD1_TEXT_PREFIX.to_string(),
+                },
             },
         })
     }

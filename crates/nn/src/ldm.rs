@@ -22,11 +22,56 @@ pub enum Part {
     /// A CLIP text encoder stored in the Hugging Face layout under this prefix
     /// (SD 1.x: `cond_stage_model.transformer.`).
     TextEncoder { prefix: String },
+    /// An OpenCLIP text encoder under this prefix (SD 2.x: `cond_stage_model.model.`), whose
+    /// attention keeps q, k, v in one `in_proj` tensor.
+    OpenClip { prefix: String },
 }
 
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
 pub const SD1_TEXT_PREFIX: &str = "cond_stage_model.transformer.";
+pub const SD2_TEXT_PREFIX: &str = "cond_stage_model.model.";
+
+/// Where a diffusers tensor lives: a checkpoint key, and for q/k/v kept in one OpenCLIP
+/// `in_proj` tensor, which third of its first dimension.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Key {
+    pub name: String,
+    pub third: Option<usize>,
+}
+
+/// The OpenCLIP key of a diffusers CLIP text-encoder tensor name.
+pub fn open_clip_key(name: &str) -> Option<Key> {
+    let plain = |name: String| Some(Key { name, third: None });
+    let name = name.strip_prefix("text_model.")?;
+    match name {
+        "embeddings.token_embedding.weight" => return plain("token_embedding.weight".into()),
+        "embeddings.position_embedding.weight" => return plain("positional_embedding".into()),
+        _ => {}
+    }
+    if let Some(t) = name.strip_prefix("final_layer_norm.") {
+        return plain(format!("ln_final.{t}"));
+    }
+    let (i, t) = index_after(name, "encoder.layers")?;
+    let block = format!("transformer.resblocks.{i}");
+    for (j, q) in ["q_proj.", "k_proj.", "v_proj."].iter().enumerate() {
+        if let Some(kind) = t.strip_prefix("self_attn.").and_then(|a| a.strip_prefix(q)) {
+            return Some(Key {
+                name: format!("{block}.attn.in_proj_{kind}"),
+                third: Some(j),
+            });
+        }
+    }
+    let map = [
+        ("self_attn.out_proj.", "attn.out_proj."),
+        ("layer_norm1.", "ln_1."),
+        ("layer_norm2.", "ln_2."),
+        ("mlp.fc1.", "mlp.c_fc."),
+        ("mlp.fc2.", "mlp.c_proj."),
+    ];
+    let (d, l) = map.iter().find(|(d, _)| t.starts_with(d))?;
+    plain(format!("{block}.{l}{}", &t[d.len()..]))
+}
 
 /// `a.<i>.b` → (`i`, `b`) for `name` starting with `a.`.
 fn index_after<'a>(name: &'a str, a: &str) -> Option<(usize, &'a str)> {
@@ -171,14 +216,19 @@ pub fn vae_key(name: &str, levels: usize) -> Option<String> {
 
 impl Part {
     /// The checkpoint key holding the diffusers tensor `name`.
-    pub fn key(&self, name: &str) -> Option<String> {
+    pub fn key(&self, name: &str) -> Option<Key> {
+        let plain = |name: Option<String>| name.map(|name| Key { name, third: None });
         match self {
             Part::Unet {
                 layers_per_block,
                 up_attention,
-            } => unet_key(name, *layers_per_block, up_attention),
-            Part::Vae { levels } => vae_key(name, *levels),
-            Part::TextEncoder { prefix } => Some(format!("{prefix}{name}")),
+            } => plain(unet_key(name, *layers_per_block, up_attention)),
+            Part::Vae { levels } => plain(vae_key(name, *levels)),
+            Part::TextEncoder { prefix } => plain(Some(format!("{prefix}{name}"))),
+            Part::OpenClip { prefix } => open_clip_key(name).map(|k| Key {
+                name: format!("{prefix}{}", k.name),
+                ..k
+            }),
         }
     }
 }
@@ -194,13 +244,23 @@ impl LdmSource {
         Self { file, part }
     }
 
-    fn key(&self, name: &str) -> Result<String> {
-        self.part.key(name).ok_or_else(|| {
+    /// The tensor the diffusers name `name` stands for, as stored.
+    fn read(&self, name: &str, dtype: DType, dev: &Device) -> Result<(String, Tensor)> {
+        let key = self.part.key(name).ok_or_else(|| {
             candle_core::Error::Msg(format!(
                 "{}: no LDM key for the diffusers tensor {name}",
                 self.file.path().display()
             ))
-        })
+        })?;
+        let t = self.file.load(&key.name, dtype, dev)?;
+        let t = match key.third {
+            Some(j) => {
+                let n = t.dim(0)? / 3;
+                t.narrow(0, j * n, n)?.contiguous()?
+            }
+            None => t,
+        };
+        Ok((key.name, t))
     }
 }
 
@@ -213,8 +273,7 @@ impl SimpleBackend for LdmSource {
         dtype: DType,
         dev: &Device,
     ) -> Result<Tensor> {
-        let key = self.key(name)?;
-        let t = self.file.load(&key, dtype, dev)?;
+        let (key, t) = self.read(name, dtype, dev)?;
         if t.shape() == &s {
             return Ok(t);
         }
@@ -232,10 +291,12 @@ impl SimpleBackend for LdmSource {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
-        self.file.load(&self.key(name)?, dtype, dev)
+        Ok(self.read(name, dtype, dev)?.1)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.part.key(name).is_some_and(|k| self.file.contains(&k))
+        self.part
+            .key(name)
+            .is_some_and(|k| self.file.contains(&k.name))
     }
 }
