@@ -95,9 +95,13 @@ impl ModelDir {
             )
         })?;
         let has = |prefix: &str| file.shapes().any(|(n, _)| n.starts_with(prefix));
-        let text = [ldm::SD1_TEXT_PREFIX, ldm::SD2_TEXT_PREFIX];
-        for prefix in [ldm::UNET_PREFIX, ldm::VAE_PREFIX, text[0]] {
-            if !has(prefix) && !(prefix == text[0] && has(text[1])) {
+        let text = has(ldm::SD1_TEXT_PREFIX) || has(ldm::SD2_TEXT_PREFIX);
+        for (prefix, found) in [
+            (ldm::UNET_PREFIX, has(ldm::UNET_PREFIX)),
+            (ldm::VAE_PREFIX, has(ldm::VAE_PREFIX)),
+            (ldm::SD1_TEXT_PREFIX, text),
+        ] {
+            if !found {
                 return Err(Error::input(
                     path,
                     Some(prefix),
