@@ -324,3 +324,59 @@ fn open_clip_text_encoder_slices_in_proj_into_q_k_v() {
     }
     assert_eq!(entries.len(), 36);
 }
+
+#[test]
+fn architecture_is_read_from_the_shapes() {
+    let file = tessera::nn::weights::WeightFile::open(&single_file()).unwrap();
+    let arch = tessera::models::infer::architecture(&file).unwrap();
+    let config = |part: &str| -> serde_json::Value {
+        let path = tiny_model_dir().join(part).join("config.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (unet, vae, text) = (config("unet"), config("vae"), config("text_encoder"));
+    for field in [
+        "in_channels",
+        "out_channels",
+        "block_out_channels",
+        "down_block_types",
+        "up_block_types",
+        "layers_per_block",
+        "cross_attention_dim",
+        "use_linear_projection",
+    ] {
+        let want = unet.get(field).cloned().unwrap_or(serde_json::json!(false));
+        assert_eq!(arch.unet[field], want, "unet {field}");
+    }
+    for field in [
+        "in_channels",
+        "out_channels",
+        "latent_channels",
+        "block_out_channels",
+        "layers_per_block",
+    ] {
+        assert_eq!(arch.vae[field], vae[field], "vae {field}");
+    }
+    for field in [
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "max_position_embeddings",
+    ] {
+        assert_eq!(arch.text[field], text[field], "text encoder {field}");
+    }
+    assert!(!arch.sd2);
+    // Its sizes are no family's, so the heads cannot be borrowed: --config is required.
+    let e = tessera::models::infer::infer(&file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tiny-sd.safetensors") && e.contains("--config"),
+        "{e}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let sd2 = tessera::nn::weights::WeightFile::open(&open_clip_checkpoint(tmp.path())).unwrap();
+    let arch = tessera::models::infer::architecture(&sd2).unwrap();
+    assert!(arch.sd2);
+    assert_eq!(arch.text["hidden_size"], text["hidden_size"]);
+}

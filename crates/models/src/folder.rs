@@ -1,6 +1,7 @@
 //! A diffusers model folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, ...): its
 //! configs, and its components loaded into the networks on a runtime.
 
+use crate::infer::{self, Inferred};
 use candle_core::DType;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -37,6 +38,8 @@ pub struct ModelDir {
     loras: Option<Arc<LoraSet>>,
     /// A single-file LDM checkpoint holding every weight; `root` then only gives the configs.
     single: Option<Arc<weights::WeightFile>>,
+    /// The configs of a single file read without `--config`, from its shapes.
+    inferred: Option<Arc<Inferred>>,
 }
 
 impl ModelDir {
@@ -66,6 +69,7 @@ impl ModelDir {
             loads: Default::default(),
             loras: None,
             single: None,
+            inferred: None,
         })
     }
 
@@ -76,16 +80,6 @@ impl ModelDir {
         if !path.is_file() {
             return Self::open(path);
         }
-        let Some(config) = config else {
-            return Err(Error::input(
-                path,
-                None,
-                "a single-file checkpoint needs the configs of its architecture",
-                "give --config DIR (a diffusers folder of the same architecture: its \
-                 model_index.json, */config.json, tokenizer/ and scheduler/ are used)",
-            ));
-        };
-        let mut dir = Self::open_configs(config)?;
         let file = weights::WeightFile::open(path).map_err(|e| {
             Error::input(
                 path,
@@ -94,6 +88,16 @@ impl ModelDir {
                 "give a .safetensors file",
             )
         })?;
+        let mut dir = match config {
+            Some(config) => Self::open_configs(config)?,
+            None => Self {
+                root: path.to_path_buf(),
+                loads: Default::default(),
+                loras: None,
+                single: None,
+                inferred: Some(Arc::new(infer::infer(&file)?)),
+            },
+        };
         let has = |prefix: &str| file.shapes().any(|(n, _)| n.starts_with(prefix));
         let text = has(ldm::SD1_TEXT_PREFIX) || has(ldm::SD2_TEXT_PREFIX);
         for (prefix, found) in [
@@ -136,6 +140,7 @@ impl ModelDir {
             loads: Default::default(),
             loras: None,
             single: None,
+            inferred: None,
         })
     }
 
@@ -322,19 +327,36 @@ impl ModelDir {
         })
     }
 
+    /// The family a single file's shapes named, when its configs were inferred.
+    pub fn inferred_family(&self) -> Option<&'static str> {
+        self.inferred.as_ref().map(|i| i.family)
+    }
+
     pub fn unet_config(&self) -> Result<unet::UNetConfig> {
-        unet::UNetConfig::from_file(&self.path("unet/config.json"))
+        match &self.inferred {
+            Some(i) => Ok(i.unet.clone()),
+            None => unet::UNetConfig::from_file(&self.path("unet/config.json")),
+        }
     }
 
     pub fn vae_config(&self) -> Result<vae::VaeConfig> {
-        vae::VaeConfig::from_file(&self.path("vae/config.json"))
+        match &self.inferred {
+            Some(i) => Ok(i.vae.clone()),
+            None => vae::VaeConfig::from_file(&self.path("vae/config.json")),
+        }
     }
 
     pub fn text_encoder_config(&self) -> Result<clip::ClipTextConfig> {
-        clip::ClipTextConfig::from_file(&self.path("text_encoder/config.json"))
+        match &self.inferred {
+            Some(i) => Ok(i.text.clone()),
+            None => clip::ClipTextConfig::from_file(&self.path("text_encoder/config.json")),
+        }
     }
 
     pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        if let Some(i) = &self.inferred {
+            return Ok(i.scheduler.clone());
+        }
         let path = self.path("scheduler/scheduler_config.json");
         if path.is_file() {
             SchedulerConfig::from_file(&path)
@@ -344,7 +366,12 @@ impl ModelDir {
     }
 
     pub fn tokenizer(&self) -> Result<tokenizer::ClipTokenizer> {
-        tokenizer::ClipTokenizer::from_dir(&self.path("tokenizer"))
+        match &self.inferred {
+            // SD 1.x and 2.x share CLIP's BPE vocabulary, which the bundled model carries.
+            Some(i) => tokenizer::ClipTokenizer::from_dir(&bundled("tiny-sd").join("tokenizer"))?
+                .with_pad_token(i.pad_token),
+            None => tokenizer::ClipTokenizer::from_dir(&self.path("tokenizer")),
+        }
     }
 
     /// The UNet in `dtype`, every weight resident.

@@ -50,9 +50,10 @@ fn component(dir: &ModelDir, name: &str, stem: &str) -> Result<ComponentInfo> {
 pub fn inspect(dir: &ModelDir) -> Result<ModelInfo> {
     let unet = dir.unet_config()?;
     let sched = dir.scheduler_config()?;
-    let family = match unet.cross_attention_dim {
-        768 => "SD 1.x",
-        1024 => "SD 2.x / Turbo",
+    let family = match (dir.inferred_family(), unet.cross_attention_dim) {
+        (Some(f), _) => f,
+        (None, 768) => "SD 1.x",
+        (None, 1024) => "SD 2.x / Turbo",
         _ => "SD-1.x-shaped (custom sizes)",
     };
     Ok(ModelInfo {
