@@ -17,7 +17,22 @@ fn check(name: &str, kind: SchedulerKind) {
         .unwrap()
         .to_vec1()
         .unwrap();
-    assert_eq!(s.timesteps(), &ref_t[..], "{name}: timesteps");
+    // Karras timesteps come from NumPy's float32 `log` of the training sigmas, which is not
+    // correctly rounded (its SIMD path differs from the exact result in 189 of 1000 entries
+    // here, and by CPU): they may differ in the last bits. Every other schedule is exact.
+    let tol = if name.contains("karras") { 1e-6 } else { 0.0 };
+    assert_eq!(s.timesteps().len(), ref_t.len(), "{name}: timesteps");
+    let worst_t = s
+        .timesteps()
+        .iter()
+        .zip(&ref_t)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+        .fold(0.0, f64::max);
+    assert!(
+        worst_t <= tol,
+        "{name}: timesteps {:?} vs {ref_t:?}",
+        s.timesteps()
+    );
     let sigma: f32 = get(&f, "init_noise_sigma").to_scalar().unwrap();
     assert!(
         (s.init_noise_sigma() as f32 - sigma).abs() <= 1e-6 * sigma,
@@ -133,4 +148,41 @@ fn trailing_spacing_and_v_prediction() {
         "v-prediction step differs by {}",
         max_abs_diff(&by_v, &by_eps)
     );
+}
+
+#[test]
+fn euler_karras_matches_diffusers() {
+    check("sched_euler_karras", SchedulerKind::EulerKarras);
+}
+
+#[test]
+fn euler_ancestral_karras_replays_stored_noise() {
+    check("sched_euler_a_karras", SchedulerKind::EulerAncestralKarras);
+}
+
+#[test]
+fn dpm_solver_2m_karras_matches_diffusers() {
+    check("sched_dpmpp_karras", SchedulerKind::DpmPlusPlus2MKarras);
+}
+
+#[test]
+fn karras_names_and_folder_flag() {
+    for (name, kind) in [
+        ("euler-karras", SchedulerKind::EulerKarras),
+        ("euler-a-karras", SchedulerKind::EulerAncestralKarras),
+        ("dpm++2m-karras", SchedulerKind::DpmPlusPlus2MKarras),
+    ] {
+        assert_eq!(SchedulerKind::from_name(name), Some(kind));
+        assert_eq!(kind.name(), name);
+        assert!(kind.karras());
+    }
+    assert_eq!(
+        SchedulerKind::DpmPlusPlus2M.with_karras().a1111_name(),
+        "DPM++ 2M Karras"
+    );
+    assert_eq!(SchedulerKind::EulerAncestral.a1111_name(), "Euler a");
+    // A folder config's use_karras_sigmas is read (diffusers' from_config keeps it).
+    let cfg: SchedulerConfig =
+        serde_json::from_str(&fixture_metadata("sched_dpmpp_karras")["scheduler_config"]).unwrap();
+    assert!(cfg.use_karras_sigmas);
 }

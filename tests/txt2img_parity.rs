@@ -128,3 +128,8 @@ fn txt2img_euler_ancestral() {
 fn txt2img_dpmpp_2m() {
     run_case("e_txt2img_dpmpp", SchedulerKind::DpmPlusPlus2M);
 }
+
+#[test]
+fn txt2img_dpmpp_2m_karras() {
+    run_case("e_txt2img_dpmpp_karras", SchedulerKind::DpmPlusPlus2MKarras);
+}

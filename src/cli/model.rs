@@ -7,9 +7,13 @@ use tessera::Result;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
-    /// Family, native size, parameter counts and dtypes of a diffusers model folder.
+    /// Family, native size, parameter counts and dtypes of a diffusers model folder or a
+    /// single-file checkpoint (with --config).
     Info {
         dir: PathBuf,
+        /// For a single-file checkpoint: the diffusers folder whose configs to use.
+        #[arg(long, value_name = "DIR")]
+        config: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -31,8 +35,8 @@ pub enum ModelCommand {
 
 pub fn run(cmd: &ModelCommand) -> Result<()> {
     match cmd {
-        ModelCommand::Info { dir, json } => {
-            let info = info::inspect(&ModelDir::open(dir)?)?;
+        ModelCommand::Info { dir, config, json } => {
+            let info = info::inspect(&ModelDir::open_model(dir, config.as_deref())?)?;
             super::print_report(&info, *json);
             // Where a render with no --device would run it (stderr: stdout may be JSON).
             let auto = tessera::nn::Runtime::open(Default::default(), Default::default());

@@ -3,8 +3,7 @@
 use clap::Args;
 use std::path::PathBuf;
 use tessera::budget;
-use tessera::facts::{model_facts, model_path};
-use tessera::models::ModelDir;
+use tessera::facts::{model_facts, open_model};
 use tessera::spec::{self, Overrides, SpecFile};
 use tessera::Result;
 
@@ -44,7 +43,7 @@ pub fn run(a: &PlanArgs) -> Result<()> {
     };
     let settings = spec::resolve(Some((&a.spec, file)), &overrides)?;
     let rt = tessera::render::open_runtime(&settings)?;
-    let facts = model_facts(&ModelDir::open(model_path(&settings))?, &rt)?;
+    let facts = model_facts(&open_model(&settings)?, &rt)?;
     let fitted = budget::fit(&settings, &facts)?;
     let s = &fitted.settings;
     if a.json {

@@ -25,9 +25,17 @@ pub struct RenderArgs {
     /// a job array (e.g. `--shard $JOB_COMPLETION_INDEX/4`).
     #[arg(long, value_name = "I/N")]
     pub shard: Option<Shard>,
-    /// Diffusers model folder [default: the spec's `model`, else the bundled tiny model].
+    /// Diffusers model folder or single-file .safetensors checkpoint [default: the spec's
+    /// `model`, else the bundled tiny model].
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// For a single-file checkpoint: a diffusers folder whose configs, tokenizer and scheduler
+    /// to use (as diffusers' `from_single_file(config=...)`).
+    #[arg(long, value_name = "DIR")]
+    pub config: Option<PathBuf>,
+    /// A LoRA file merged into the weights, with an optional weight (default 1); repeatable.
+    #[arg(long, value_name = "FILE[:WEIGHT]")]
+    pub lora: Vec<String>,
     /// Output PNG [default: the spec's path with .png, else tessera.png].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -49,7 +57,8 @@ pub struct RenderArgs {
     /// Classifier-free guidance scale [default: 7.5]; <= 1 disables the unconditional pass.
     #[arg(long)]
     pub guidance: Option<f64>,
-    /// ddim | euler | euler-a | dpm++2m [default: the model folder's scheduler].
+    /// ddim | euler | euler-a | dpm++2m | euler-karras | euler-a-karras | dpm++2m-karras
+    /// [default: the model folder's scheduler].
     #[arg(long)]
     pub scheduler: Option<String>,
     /// Seed of the portable noise generator [default: 0].
@@ -97,6 +106,8 @@ impl RenderArgs {
     fn overrides(&self) -> Overrides {
         Overrides {
             model: self.model.clone(),
+            config: self.config.clone(),
+            loras: self.lora.clone(),
             out: self.out.clone(),
             prompt: self.prompt.clone(),
             negative: self.negative.clone(),

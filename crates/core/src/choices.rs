@@ -13,10 +13,22 @@ pub enum SchedulerKind {
     Euler,
     EulerAncestral,
     DpmPlusPlus2M,
+    /// The same samplers on Karras et al.'s sigmas (diffusers' `use_karras_sigmas`).
+    EulerKarras,
+    EulerAncestralKarras,
+    DpmPlusPlus2MKarras,
 }
 
 impl SchedulerKind {
-    pub const NAMES: &'static [&'static str] = &["ddim", "euler", "euler-a", "dpm++2m"];
+    pub const NAMES: &'static [&'static str] = &[
+        "ddim",
+        "euler",
+        "euler-a",
+        "dpm++2m",
+        "euler-karras",
+        "euler-a-karras",
+        "dpm++2m-karras",
+    ];
 
     pub fn from_name(name: &str) -> Option<Self> {
         match name.to_ascii_lowercase().as_str() {
@@ -24,6 +36,11 @@ impl SchedulerKind {
             "euler" => Some(Self::Euler),
             "euler-a" | "euler_a" | "euler-ancestral" => Some(Self::EulerAncestral),
             "dpm++2m" | "dpmpp2m" | "dpm++" | "dpmpp" => Some(Self::DpmPlusPlus2M),
+            "euler-karras" | "euler_karras" => Some(Self::EulerKarras),
+            "euler-a-karras" | "euler_a_karras" => Some(Self::EulerAncestralKarras),
+            "dpm++2m-karras" | "dpmpp2m-karras" | "dpmpp_2m_karras" => {
+                Some(Self::DpmPlusPlus2MKarras)
+            }
             _ => None,
         }
     }
@@ -45,6 +62,41 @@ impl SchedulerKind {
             Self::Euler => "euler",
             Self::EulerAncestral => "euler-a",
             Self::DpmPlusPlus2M => "dpm++2m",
+            Self::EulerKarras => "euler-karras",
+            Self::EulerAncestralKarras => "euler-a-karras",
+            Self::DpmPlusPlus2MKarras => "dpm++2m-karras",
+        }
+    }
+
+    /// Whether the sampler walks Karras sigmas.
+    pub fn karras(self) -> bool {
+        matches!(
+            self,
+            Self::EulerKarras | Self::EulerAncestralKarras | Self::DpmPlusPlus2MKarras
+        )
+    }
+
+    /// The same sampler on Karras sigmas (a folder config's `use_karras_sigmas`); DDIM has none.
+    pub fn with_karras(self) -> Self {
+        match self {
+            Self::Euler => Self::EulerKarras,
+            Self::EulerAncestral => Self::EulerAncestralKarras,
+            Self::DpmPlusPlus2M => Self::DpmPlusPlus2MKarras,
+            other => other,
+        }
+    }
+
+    /// The sampler as AUTOMATIC1111 names it in a PNG's `parameters` (the classic one-field
+    /// form, "DPM++ 2M Karras", which A1111 itself still parses into sampler and schedule).
+    pub fn a1111_name(self) -> &'static str {
+        match self {
+            Self::Ddim => "DDIM",
+            Self::Euler => "Euler",
+            Self::EulerAncestral => "Euler a",
+            Self::DpmPlusPlus2M => "DPM++ 2M",
+            Self::EulerKarras => "Euler Karras",
+            Self::EulerAncestralKarras => "Euler a Karras",
+            Self::DpmPlusPlus2MKarras => "DPM++ 2M Karras",
         }
     }
 }

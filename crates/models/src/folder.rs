@@ -1,7 +1,9 @@
 //! A diffusers model folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, ...): its
 //! configs, and its components loaded into the networks on a runtime.
 
+use crate::infer::{self, Inferred};
 use candle_core::DType;
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use tessera_core::{Error, Result};
 use tessera_diffusion::autoencoder::VaeSource;
 use tessera_diffusion::scheduler::SchedulerConfig;
+use tessera_nn::ldm::{self, LdmSource, Part};
+use tessera_nn::lora::{self, LoraSet, WithLora};
 use tessera_nn::{clip, tokenizer, unet, vae, weights, Runtime};
 
 /// The repository's `models/` folder (the bundled models).
@@ -20,6 +24,9 @@ fn bundled(name: &str) -> PathBuf {
     repo.join("models").join(name)
 }
 
+/// A stored tensor: name, dtype, element count.
+pub type WeightEntry = (String, DType, u64);
+
 /// A diffusers model folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, ...).
 #[derive(Debug, Clone)]
 pub struct ModelDir {
@@ -27,6 +34,12 @@ pub struct ModelDir {
     /// How many times each component was loaded (clones share it): the render report shows
     /// it, so a model loaded twice is visible.
     loads: Arc<Mutex<BTreeMap<&'static str, usize>>>,
+    /// LoRAs merged into the UNet's and text encoder's weights as they are read.
+    loras: Option<Arc<LoraSet>>,
+    /// A single-file LDM checkpoint holding every weight; `root` then only gives the configs.
+    single: Option<Arc<weights::WeightFile>>,
+    /// The configs of a single file read without `--config`, from its shapes.
+    inferred: Option<Arc<Inferred>>,
 }
 
 impl ModelDir {
@@ -54,7 +67,149 @@ impl ModelDir {
         Ok(Self {
             root,
             loads: Default::default(),
+            loras: None,
+            single: None,
+            inferred: None,
         })
+    }
+
+    /// `--model PATH [--config DIR]`: a diffusers folder, or a single-file LDM checkpoint
+    /// whose configs (and tokenizer, scheduler) come from `config`.
+    pub fn open_model(path: impl AsRef<Path>, config: Option<&Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Self::open(path);
+        }
+        let file = weights::WeightFile::open(path).map_err(|e| {
+            Error::input(
+                path,
+                None,
+                format!("cannot read: {e}"),
+                "give a .safetensors file",
+            )
+        })?;
+        let mut dir = match config {
+            Some(config) => Self::open_configs(config)?,
+            None => Self {
+                root: path.to_path_buf(),
+                loads: Default::default(),
+                loras: None,
+                single: None,
+                inferred: Some(Arc::new(infer::infer(&file)?)),
+            },
+        };
+        let has = |prefix: &str| file.shapes().any(|(n, _)| n.starts_with(prefix));
+        let text = has(ldm::SD1_TEXT_PREFIX) || has(ldm::SD2_TEXT_PREFIX);
+        for (prefix, found) in [
+            (ldm::UNET_PREFIX, has(ldm::UNET_PREFIX)),
+            (ldm::VAE_PREFIX, has(ldm::VAE_PREFIX)),
+            (ldm::SD1_TEXT_PREFIX, text),
+        ] {
+            if !found {
+                return Err(Error::input(
+                    path,
+                    Some(prefix),
+                    format!("no {prefix}* tensors: not an SD 1.x/2.x checkpoint in the LDM layout"),
+                    "give an SD 1.x/2.x .safetensors checkpoint (A1111 layout) or a diffusers folder",
+                ));
+            }
+        }
+        dir.single = Some(Arc::new(file));
+        Ok(dir)
+    }
+
+    /// A config folder: the diffusers layout's configs, tokenizer and scheduler (weights
+    /// optional).
+    fn open_configs(root: &Path) -> Result<Self> {
+        for part in [
+            "unet/config.json",
+            "vae/config.json",
+            "text_encoder/config.json",
+        ] {
+            if !root.join(part).is_file() {
+                return Err(Error::input(
+                    root.join(part),
+                    None,
+                    format!("the config folder has no {part}"),
+                    "give --config a diffusers model folder of the checkpoint's architecture",
+                ));
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            loads: Default::default(),
+            loras: None,
+            single: None,
+            inferred: None,
+        })
+    }
+
+    /// Every weight of `component` as (name, stored dtype, elements), from the headers: the
+    /// diffusers names of a folder, the LDM names (prefix removed) of a single file; and the
+    /// file they are in.
+    pub fn weight_entries(
+        &self,
+        component: &str,
+        stem: &str,
+    ) -> Result<(PathBuf, Vec<WeightEntry>)> {
+        if let Some(file) = &self.single {
+            let prefix = match component {
+                "unet" => ldm::UNET_PREFIX,
+                "vae" => ldm::VAE_PREFIX,
+                _ if file
+                    .entries()
+                    .any(|(n, _, _)| n.starts_with(ldm::SD1_TEXT_PREFIX)) =>
+                {
+                    ldm::SD1_TEXT_PREFIX
+                }
+                _ => ldm::SD2_TEXT_PREFIX,
+            };
+            let entries = file
+                .entries()
+                .filter_map(|(n, d, c)| Some((n.strip_prefix(prefix)?.to_string(), d, c)))
+                .collect();
+            return Ok((file.path().to_path_buf(), entries));
+        }
+        let path = self.weights(component, stem)?;
+        let file = self.open_weights(&path)?;
+        let entries = file
+            .entries()
+            .map(|(n, d, c)| (n.to_string(), d, c))
+            .collect();
+        Ok((path, entries))
+    }
+
+    /// The single-file checkpoint, if the weights come from one.
+    pub fn single_file(&self) -> Option<&Path> {
+        self.single.as_deref().map(|f| f.path())
+    }
+
+    /// Merge the LoRA files `(path, weight)` into the UNet and text encoder as they are
+    /// loaded (resident or streamed). Every module must match a weight of the model.
+    pub fn with_loras(mut self, loras: &[(PathBuf, f64)]) -> Result<Self> {
+        if loras.is_empty() {
+            return Ok(self);
+        }
+        let mut set = LoraSet::default();
+        for (path, weight) in loras {
+            set.add(path, *weight)?;
+        }
+        // Folder weights name every module, so a LoRA for another model is caught here.
+        let components = if self.single.is_some() {
+            vec![]
+        } else {
+            vec![
+                ("unet", "diffusion_pytorch_model", lora::UNET),
+                ("text_encoder", "model", lora::TEXT_ENCODER),
+            ]
+        };
+        for (component, stem, prefix) in components {
+            let path = self.weights(component, stem)?;
+            let file = self.open_weights(&path)?;
+            set.check_targets(prefix, file.shapes().map(|(n, _)| n), &path)?;
+        }
+        self.loras = Some(Arc::new(set));
+        Ok(self)
     }
 
     /// The bundled trained tiny model (`models/tiny-poster`), used when no model is given.
@@ -114,31 +269,94 @@ impl ModelDir {
         stem: &str,
         dtype: DType,
     ) -> Result<VarBuilder<'static>> {
-        let path = self.weights(component, stem)?;
-        let file = weights::WeightFile::open(&path).map_err(|e| {
+        let source: Box<dyn SimpleBackend> = match &self.single {
+            Some(file) => Box::new(LdmSource::new(file.clone(), self.ldm_part(component)?)),
+            None => Box::new(self.open_weights(&self.weights(component, stem)?)?),
+        };
+        let prefix = match component {
+            "unet" => lora::UNET,
+            "text_encoder" => lora::TEXT_ENCODER,
+            _ => "",
+        };
+        let source: Box<dyn SimpleBackend> = match &self.loras {
+            Some(set) if !prefix.is_empty() && set.touches(prefix) => {
+                Box::new(WithLora::new(source, set.clone(), prefix))
+            }
+            _ => source,
+        };
+        Ok(VarBuilder::from_backend(source, dtype, rt.device.clone()))
+    }
+
+    /// Where `component` lives in a single-file checkpoint.
+    fn ldm_part(&self, component: &str) -> Result<Part> {
+        let sd1_probe = format!("{}text_model.final_layer_norm.weight", ldm::SD1_TEXT_PREFIX);
+        Ok(match component {
+            "unet" => {
+                let cfg = self.unet_config()?;
+                Part::Unet {
+                    layers_per_block: cfg.layers_per_block,
+                    up_attention: cfg
+                        .up_block_types
+                        .iter()
+                        .map(|t| t.contains("CrossAttn"))
+                        .collect(),
+                }
+            }
+            "vae" => Part::Vae {
+                levels: self.vae_config()?.block_out_channels.len(),
+            },
+            _ => match self.single.as_ref().map(|f| f.contains(&sd1_probe)) {
+                Some(false) => Part::OpenClip {
+                    prefix: ldm::SD2_TEXT_PREFIX.to_string(),
+                },
+                _ => Part::TextEncoder {
+                    prefix: ldm::SD1_TEXT_PREFIX.to_string(),
+                },
+            },
+        })
+    }
+
+    fn open_weights(&self, path: &Path) -> Result<weights::WeightFile> {
+        weights::WeightFile::open(path).map_err(|e| {
             Error::input(
-                &path,
+                path,
                 None,
                 format!("cannot read weights: {e}"),
                 "re-download it",
             )
-        })?;
-        Ok(file.into_var_builder(dtype, &rt.device))
+        })
+    }
+
+    /// The family a single file's shapes named, when its configs were inferred.
+    pub fn inferred_family(&self) -> Option<&'static str> {
+        self.inferred.as_ref().map(|i| i.family)
     }
 
     pub fn unet_config(&self) -> Result<unet::UNetConfig> {
-        unet::UNetConfig::from_file(&self.path("unet/config.json"))
+        match &self.inferred {
+            Some(i) => Ok(i.unet.clone()),
+            None => unet::UNetConfig::from_file(&self.path("unet/config.json")),
+        }
     }
 
     pub fn vae_config(&self) -> Result<vae::VaeConfig> {
-        vae::VaeConfig::from_file(&self.path("vae/config.json"))
+        match &self.inferred {
+            Some(i) => Ok(i.vae.clone()),
+            None => vae::VaeConfig::from_file(&self.path("vae/config.json")),
+        }
     }
 
     pub fn text_encoder_config(&self) -> Result<clip::ClipTextConfig> {
-        clip::ClipTextConfig::from_file(&self.path("text_encoder/config.json"))
+        match &self.inferred {
+            Some(i) => Ok(i.text.clone()),
+            None => clip::ClipTextConfig::from_file(&self.path("text_encoder/config.json")),
+        }
     }
 
     pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        if let Some(i) = &self.inferred {
+            return Ok(i.scheduler.clone());
+        }
         let path = self.path("scheduler/scheduler_config.json");
         if path.is_file() {
             SchedulerConfig::from_file(&path)
@@ -148,7 +366,12 @@ impl ModelDir {
     }
 
     pub fn tokenizer(&self) -> Result<tokenizer::ClipTokenizer> {
-        tokenizer::ClipTokenizer::from_dir(&self.path("tokenizer"))
+        match &self.inferred {
+            // SD 1.x and 2.x share CLIP's BPE vocabulary, which the bundled model carries.
+            Some(i) => tokenizer::ClipTokenizer::from_dir(&bundled("tiny-sd").join("tokenizer"))?
+                .with_pad_token(i.pad_token),
+            None => tokenizer::ClipTokenizer::from_dir(&self.path("tokenizer")),
+        }
     }
 
     /// The UNet in `dtype`, every weight resident.

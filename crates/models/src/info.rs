@@ -4,7 +4,7 @@
 use crate::ModelDir;
 use std::collections::BTreeMap;
 use std::fmt;
-use tessera_core::{Error, Result};
+use tessera_core::Result;
 
 /// Parameter count and stored dtypes of one component's weights file.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -28,31 +28,19 @@ pub struct ModelInfo {
 }
 
 fn component(dir: &ModelDir, name: &str, stem: &str) -> Result<ComponentInfo> {
-    let path = dir.weights(name, stem)?;
-    let file = std::fs::File::open(&path).map_err(|e| Error::io(path.display().to_string(), e))?;
-    // SAFETY: read-only mapping of a file we do not modify.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .map_err(|e| Error::io(path.display().to_string(), e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
-        Error::input(
-            &path,
-            None,
-            format!("not a safetensors file: {e}"),
-            "re-download it",
-        )
-    })?;
+    let (path, entries) = dir.weight_entries(name, stem)?;
     let mut info = ComponentInfo {
         file: path.display().to_string(),
         parameters: 0,
         dtypes: BTreeMap::new(),
-        bytes: map.len() as u64,
+        bytes: 0,
     };
-    for tensor in meta.tensors().values() {
-        let n: u64 = tensor.shape.iter().map(|&d| d as u64).product();
+    for (_, dtype, n) in entries {
         info.parameters += n;
+        info.bytes += n * dtype.size_in_bytes() as u64;
         *info
             .dtypes
-            .entry(format!("{:?}", tensor.dtype))
+            .entry(format!("{dtype:?}").to_uppercase())
             .or_default() += n;
     }
     Ok(info)
@@ -62,9 +50,10 @@ fn component(dir: &ModelDir, name: &str, stem: &str) -> Result<ComponentInfo> {
 pub fn inspect(dir: &ModelDir) -> Result<ModelInfo> {
     let unet = dir.unet_config()?;
     let sched = dir.scheduler_config()?;
-    let family = match unet.cross_attention_dim {
-        768 => "SD 1.x",
-        1024 => "SD 2.x / Turbo",
+    let family = match (dir.inferred_family(), unet.cross_attention_dim) {
+        (Some(f), _) => f,
+        (None, 768) => "SD 1.x",
+        (None, 1024) => "SD 2.x / Turbo",
         _ => "SD-1.x-shaped (custom sizes)",
     };
     Ok(ModelInfo {

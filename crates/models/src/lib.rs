@@ -3,6 +3,7 @@
 //! weights (`model synth`).
 
 pub mod folder;
+pub mod infer;
 pub mod info;
 pub mod synth;
 

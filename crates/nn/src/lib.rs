@@ -14,6 +14,8 @@ pub mod config;
 pub mod device_memory;
 pub mod kernels;
 pub mod layers;
+pub mod ldm;
+pub mod lora;
 pub mod runtime;
 pub mod tokenizer;
 pub mod unet;

@@ -71,6 +71,15 @@ impl ClipTokenizer {
         })
     }
 
+    /// The same vocabulary padding with `token` (SD 2.x's OpenCLIP pads with "!").
+    pub fn with_pad_token(mut self, token: &str) -> Result<Self> {
+        self.pad = self
+            .inner
+            .token_to_id(token)
+            .ok_or_else(|| Error::Other(format!("the CLIP vocabulary has no token {token:?}")))?;
+        Ok(self)
+    }
+
     /// Ids before truncation and padding, BOS and EOS included.
     fn raw_ids(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self

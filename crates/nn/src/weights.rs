@@ -26,6 +26,8 @@ pub struct WeightFile {
     path: PathBuf,
     file: File,
     tensors: HashMap<String, Entry>,
+    /// The header's `__metadata__` (string to string), e.g. a LoRA's alpha.
+    metadata: HashMap<String, String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -52,6 +54,12 @@ fn dtype(name: &str) -> Option<DType> {
     })
 }
 
+impl std::fmt::Debug for WeightFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WeightFile({})", self.path.display())
+    }
+}
+
 impl WeightFile {
     /// Read the header (names, dtypes, shapes, offsets); tensors are read when asked for.
     pub fn open(path: &Path) -> Result<Self> {
@@ -67,7 +75,10 @@ impl WeightFile {
             .map_err(|e| bad(path, e))?;
         let mut raw: HashMap<String, serde_json::Value> =
             serde_json::from_slice(&header).map_err(|e| bad(path, e))?;
-        raw.remove("__metadata__");
+        let metadata = raw
+            .remove("__metadata__")
+            .and_then(|m| serde_json::from_value(m).ok())
+            .unwrap_or_default();
         let mut tensors = HashMap::with_capacity(raw.len());
         for (name, value) in raw {
             let h: HeaderEntry = serde_json::from_value(value).map_err(|e| bad(path, e))?;
@@ -93,7 +104,36 @@ impl WeightFile {
             path: path.to_path_buf(),
             file,
             tensors,
+            metadata,
         })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The header's `__metadata__` entries.
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// Every tensor's name, stored dtype and element count, from the header.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, DType, u64)> {
+        self.tensors.iter().map(|(name, e)| {
+            let n = e.shape.iter().product::<usize>() as u64;
+            (name.as_str(), e.dtype, n)
+        })
+    }
+
+    /// Every tensor's name and shape, from the header.
+    pub fn shapes(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.tensors
+            .iter()
+            .map(|(name, e)| (name.as_str(), e.shape.as_slice()))
     }
 
     /// Every tensor's name and element count, from the header.

@@ -87,3 +87,33 @@ pub fn flag_px(flag: &str, v: usize, allow_zero: bool) -> Result<()> {
     let bad = |_: &str, message: String, fix: &str| Error::input(flag, None, message, fix);
     multiple_of_8(&bad, flag, v, allow_zero)
 }
+
+/// A LoRA strength: finite (negative weights are allowed, as in A1111, to push away).
+pub fn lora_weight(bad: &Bad, field: &str, w: f64) -> Result<()> {
+    if !w.is_finite() || w.abs() > 100.0 {
+        return Err(bad(
+            field,
+            format!("LoRA weight {w} is out of range"),
+            "use a weight such as 0.8 (usually between -2 and 2)",
+        ));
+    }
+    Ok(())
+}
+
+/// `--lora FILE[:WEIGHT]` (a trailing `:number` is the weight; default 1).
+pub fn lora_flag(bad: &Bad, arg: &str) -> Result<(std::path::PathBuf, f64)> {
+    let (path, weight) =
+        match arg.rsplit_once(':') {
+            Some((p, w)) if !p.is_empty() => match w.parse::<f64>() {
+                Ok(w) => (p, w),
+                Err(_) => return Err(bad(
+                    "--lora",
+                    format!("{w:?} in {arg:?} is not a weight"),
+                    "write --lora FILE or --lora FILE:WEIGHT, e.g. --lora style.safetensors:0.8",
+                )),
+            },
+            _ => (arg, 1.0),
+        };
+    lora_weight(bad, "--lora", weight)?;
+    Ok((path.into(), weight))
+}

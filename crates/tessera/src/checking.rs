@@ -92,7 +92,7 @@ pub fn windows_from_spec(mut file: SpecFile, origin: &Path, size: (u32, u32)) ->
         Some(size) => size,
         None => {
             let model = crate::facts::model_path(&settings);
-            ModelDir::open(&model)
+            ModelDir::open_model(&model, settings.model_config.as_deref())
                 .and_then(|dir| info::native_size(&dir))
                 .map_err(|e| {
                     Error::input(

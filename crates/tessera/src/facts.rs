@@ -4,7 +4,6 @@
 use tessera_core::choices::SchedulerKind;
 use tessera_core::{Error, Result};
 use tessera_models::{info, ModelDir};
-use tessera_nn::weights::WeightFile;
 use tessera_nn::Runtime;
 use tessera_plan::budget::{MemoryFacts, ModelFacts};
 use tessera_plan::Settings;
@@ -14,19 +13,30 @@ pub fn model_path(s: &Settings) -> std::path::PathBuf {
     s.model.clone().unwrap_or_else(ModelDir::bundled_default)
 }
 
+/// The model the settings name (a folder, or a single file with its `--config`), with their
+/// LoRAs.
+pub fn open_model(s: &Settings) -> Result<ModelDir> {
+    ModelDir::open_model(model_path(s), s.model_config.as_deref())?.with_loras(&s.loras)
+}
+
 /// Native size and memory facts for planning, for a render on `rt`'s device.
 pub fn model_facts(dir: &ModelDir, rt: &Runtime) -> Result<ModelFacts> {
     let unet = dir.unet_config()?;
     let info = info::inspect(dir)?;
-    let open = |component, stem| -> Result<WeightFile> {
-        let path = dir.weights(component, stem)?;
-        Ok(WeightFile::open(&path)?)
-    };
     // Each UNet tensor belongs to the layer with the longest matching prefix (the head, "",
     // takes conv_in, the time embedding and the tail's norm and conv_out).
     let prefixes = unet.layer_prefixes();
     let mut per_layer = vec![0u64; prefixes.len()];
-    for (name, n) in open("unet", "diffusion_pytorch_model")?.numels() {
+    let single = dir.single_file().is_some();
+    let mut ldm_blocks: std::collections::HashMap<String, u64> = Default::default();
+    for (name, _, n) in dir.weight_entries("unet", "diffusion_pytorch_model")?.1 {
+        if single {
+            // LDM names: one input/output block is a resnet and its attention, about the
+            // layers the streamed UNet loads one at a time.
+            let block: Vec<&str> = name.splitn(3, '.').take(2).collect();
+            *ldm_blocks.entry(block.join(".")).or_default() += n;
+            continue;
+        }
         let layer = (0..prefixes.len())
             .filter(|&i| name.starts_with(&format!("{}.", prefixes[i])) || prefixes[i].is_empty())
             .max_by_key(|&i| prefixes[i].len())
@@ -34,7 +44,8 @@ pub fn model_facts(dir: &ModelDir, rt: &Runtime) -> Result<ModelFacts> {
         per_layer[layer] += n;
     }
     let (mut vae_encoder, mut vae_decoder) = (0, 0);
-    for (name, n) in open("vae", "diffusion_pytorch_model")?.numels() {
+    per_layer.extend(ldm_blocks.into_values());
+    for (name, _, n) in dir.weight_entries("vae", "diffusion_pytorch_model")?.1 {
         match name.starts_with("decoder.") || name.starts_with("post_quant_conv.") {
             true => vae_decoder += n,
             false => vae_encoder += n,
@@ -66,13 +77,15 @@ pub fn model_facts(dir: &ModelDir, rt: &Runtime) -> Result<ModelFacts> {
     })
 }
 
-/// The scheduler the settings name, else the one the model folder's config names.
+/// The scheduler the settings name, else the one the model folder's config names (on Karras
+/// sigmas where the config says `use_karras_sigmas`).
 pub fn scheduler_kind(dir: &ModelDir, requested: Option<SchedulerKind>) -> Result<SchedulerKind> {
     if let Some(kind) = requested {
         return Ok(kind);
     }
-    let class = dir.scheduler_config()?.class_name.unwrap_or_default();
-    SchedulerKind::from_class_name(&class).ok_or_else(|| {
+    let config = dir.scheduler_config()?;
+    let class = config.class_name.unwrap_or_default();
+    let kind = SchedulerKind::from_class_name(&class).ok_or_else(|| {
         Error::input(
             dir.path("scheduler/scheduler_config.json"),
             Some("_class_name"),
@@ -82,5 +95,10 @@ pub fn scheduler_kind(dir: &ModelDir, requested: Option<SchedulerKind>) -> Resul
                 SchedulerKind::NAMES.join(", ")
             ),
         )
+    })?;
+    Ok(if config.use_karras_sigmas {
+        kind.with_karras()
+    } else {
+        kind
     })
 }

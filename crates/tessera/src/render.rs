@@ -3,7 +3,7 @@
 //! halves as the autoencoder says) and none is loaded twice, unless a memory budget trades a
 //! second read of the VAE decoder for its weights' room in the canvas pass.
 
-use crate::facts::{model_facts, model_path};
+use crate::facts::{model_facts, open_model};
 use crate::passes::{Denoiser, Guide, Hooks};
 use crate::report::PhaseReport;
 use crate::resume::{self, Checkpoint, Phase};
@@ -39,7 +39,7 @@ pub struct RenderReport {
 
 pub fn render(settings: &Settings, obs: &dyn Observer) -> Result<RenderReport> {
     // 1. The model and the plan, fitted to the memory budget; the device.
-    let model = ModelDir::open(model_path(settings))?;
+    let model = open_model(settings)?;
     let rt = open_runtime(settings)?;
     let fitted = budget::fit(settings, &model_facts(&model, &rt)?)?;
     announce_budget(&fitted, obs);
@@ -291,21 +291,24 @@ fn png_text(
     plan: &Plan,
     kind: SchedulerKind,
 ) -> Vec<(&'static str, String)> {
-    let name = model
-        .root
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    // A single-file checkpoint is the model; its --config folder only lends configs.
+    let model_path = model.single_file().unwrap_or(&model.root);
+    let name = match model.single_file() {
+        Some(file) => file.file_stem(),
+        None => model.root.file_name(),
+    }
+    .map(|n| n.to_string_lossy().into_owned())
+    .unwrap_or_default();
     let (prompt, negative, guidance) = match &s.background {
         Some(p) => (p.text.as_str(), p.negative.as_str(), p.guidance),
         None => ("", "", tessera_plan::spec::DEFAULT_GUIDANCE),
     };
     let parameters = format!(
         "{prompt}\nNegative prompt: {negative}\nSteps: {}, Sampler: {}, CFG scale: {guidance}, Seed: {}, Size: {}x{}, Model: {name}",
-        s.steps, kind.name(), s.seed, plan.width, plan.height
+        s.steps, kind.a1111_name(), s.seed, plan.width, plan.height
     );
     let spec = s.to_spec_file(
-        &model.root,
+        model_path,
         (plan.width, plan.height),
         (plan.window, plan.overlap),
         kind,

@@ -2,7 +2,10 @@
 //! midpoint, lower-order final step, final sigma 0). The history of model outputs is kept for
 //! the whole canvas, so the canvas scheduler calls `step` once per timestep.
 
-use super::schedule::{alphas_cumprod, index_for, interp, linspace, train_sigmas};
+use super::schedule::{
+    alphas_cumprod, index_for, interp, karras_sigmas, linspace, log_sigmas, sigma_to_t,
+    train_sigmas,
+};
 use super::{PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
 use crate::noise::NoiseSource;
 use candle_core::{Result, Tensor};
@@ -24,7 +27,27 @@ fn alpha_sigma_lambda(sigma: f32) -> (f64, f64, f64) {
 }
 
 impl DpmSolver2M {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
+    /// `karras`: Karras sigmas over the whole training range, their timesteps rounded
+    /// (diffusers' `use_karras_sigmas`; the spacing then plays no part).
+    pub fn new(cfg: &SchedulerConfig, steps: usize, karras: bool) -> Self {
+        let train = train_sigmas(&alphas_cumprod(cfg));
+        if karras {
+            let logs = log_sigmas(&train);
+            let ks = karras_sigmas(train[0] as f64, train[train.len() - 1] as f64, steps);
+            let timesteps = ks
+                .iter()
+                .map(|&s| sigma_to_t(s, &logs).round_ties_even())
+                .collect();
+            let mut sigmas: Vec<f32> = ks.iter().map(|&s| s as f32).collect();
+            sigmas.push(0.0);
+            return Self {
+                timesteps,
+                sigmas,
+                prediction: cfg.prediction_type,
+                previous: None,
+                step_index: None,
+            };
+        }
         let n = cfg.num_train_timesteps;
         let timesteps: Vec<f64> = match cfg.timestep_spacing {
             TimestepSpacing::Linspace => linspace(0.0, (n - 1) as f64, steps + 1)
@@ -47,7 +70,6 @@ impl DpmSolver2M {
                     .collect()
             }
         };
-        let train = train_sigmas(&alphas_cumprod(cfg));
         let mut sigmas: Vec<f32> = timesteps
             .iter()
             .map(|&t| interp(t, &train) as f32)

@@ -1,7 +1,10 @@
 //! Euler and Euler-ancestral, as diffusers' `EulerDiscreteScheduler` and
 //! `EulerAncestralDiscreteScheduler` (sigmas interpolated at the inference timesteps).
 
-use super::schedule::{alphas_cumprod, index_for, interp, spaced_timesteps, train_sigmas};
+use super::schedule::{
+    alphas_cumprod, index_for, interp, karras_sigmas, log_sigmas, sigma_to_t, spaced_timesteps,
+    train_sigmas,
+};
 use super::{PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
 use crate::noise::NoiseSource;
 use candle_core::{Result, Tensor};
@@ -17,16 +20,25 @@ pub struct Euler {
 }
 
 impl Euler {
-    pub fn new(cfg: &SchedulerConfig, steps: usize, ancestral: bool) -> Self {
-        let timesteps: Vec<f64> = spaced_timesteps(cfg, steps)
+    /// `karras`: the spaced timesteps' sigma range walked on Karras sigmas, each sigma's
+    /// timestep found back by `sigma_to_t` (diffusers' `use_karras_sigmas`).
+    pub fn new(cfg: &SchedulerConfig, steps: usize, ancestral: bool, karras: bool) -> Self {
+        let spaced: Vec<f64> = spaced_timesteps(cfg, steps)
             .into_iter()
             .map(|t| t as f32 as f64)
             .collect();
         let train = train_sigmas(&alphas_cumprod(cfg));
-        let mut sigmas: Vec<f32> = timesteps
-            .iter()
-            .map(|&t| interp(t, &train) as f32)
-            .collect();
+        let spaced_sigmas: Vec<f64> = spaced.iter().map(|&t| interp(t, &train)).collect();
+        let (timesteps, mut sigmas): (Vec<f64>, Vec<f32>) = if karras {
+            let logs = log_sigmas(&train);
+            let ks = karras_sigmas(spaced_sigmas[steps - 1], spaced_sigmas[0], steps);
+            ks.iter()
+                .map(|&s| (sigma_to_t(s, &logs) as f32 as f64, s as f32))
+                .unzip()
+        } else {
+            let sigmas = spaced_sigmas.iter().map(|&s| s as f32).collect();
+            (spaced, sigmas)
+        };
         sigmas.push(0.0);
         let max = sigmas.iter().cloned().fold(0.0f32, f32::max) as f64;
         let init_noise_sigma = match cfg.timestep_spacing {

@@ -32,6 +32,8 @@ pub struct SchedulerConfig {
     pub set_alpha_to_one: bool,
     pub clip_sample: bool,
     pub clip_sample_range: f64,
+    /// Karras sigmas; tessera reads it to pick the Karras variant of the folder's scheduler.
+    pub use_karras_sigmas: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -48,6 +50,7 @@ impl Default for SchedulerConfig {
             set_alpha_to_one: false,
             clip_sample: false,
             clip_sample_range: 1.0,
+            use_karras_sigmas: false,
         }
     }
 }
@@ -117,7 +120,9 @@ impl SchedulerConfig {
 }
 
 /// A scheduler of `kind` set for `steps` inference steps, configured like diffusers'
-/// `from_config` (beta schedule, spacing, offset and prediction type come from `config`).
+/// `from_config` (beta schedule, spacing, offset and prediction type come from `config`). The
+/// kind alone decides Karras sigmas: a folder's `use_karras_sigmas` is turned into the Karras
+/// kind where the folder's own scheduler is chosen, so a sampler named by the user is the one run.
 pub fn build(
     kind: SchedulerKind,
     config: &SchedulerConfig,
@@ -131,8 +136,14 @@ pub fn build(
     }
     Ok(match kind {
         SchedulerKind::Ddim => Box::new(ddim::Ddim::new(config, steps)),
-        SchedulerKind::Euler => Box::new(euler::Euler::new(config, steps, false)),
-        SchedulerKind::EulerAncestral => Box::new(euler::Euler::new(config, steps, true)),
-        SchedulerKind::DpmPlusPlus2M => Box::new(dpm_solver::DpmSolver2M::new(config, steps)),
+        SchedulerKind::Euler | SchedulerKind::EulerKarras => {
+            Box::new(euler::Euler::new(config, steps, false, kind.karras()))
+        }
+        SchedulerKind::EulerAncestral | SchedulerKind::EulerAncestralKarras => {
+            Box::new(euler::Euler::new(config, steps, true, kind.karras()))
+        }
+        SchedulerKind::DpmPlusPlus2M | SchedulerKind::DpmPlusPlus2MKarras => {
+            Box::new(dpm_solver::DpmSolver2M::new(config, steps, kind.karras()))
+        }
     })
 }

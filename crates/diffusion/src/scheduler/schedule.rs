@@ -53,6 +53,39 @@ pub fn train_sigmas(alphas_cumprod: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// Karras et al. (2022) sigmas, ρ = 7, from `sigma_max` down to `sigma_min` (f64, as
+/// diffusers' `_convert_to_karras`).
+pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    const RHO: f64 = 7.0;
+    let (lo, hi) = (sigma_min.powf(1.0 / RHO), sigma_max.powf(1.0 / RHO));
+    linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|r| (hi + r * (lo - hi)).powf(RHO))
+        .collect()
+}
+
+/// ln of every training sigma, f32 as NumPy's `log` of diffusers' f32 array.
+pub fn log_sigmas(train_sigmas: &[f32]) -> Vec<f32> {
+    train_sigmas
+        .iter()
+        .map(|s| (*s as f64).ln() as f32)
+        .collect()
+}
+
+/// The (fractional) training timestep of `sigma`: linear in log sigma between the two training
+/// sigmas around it, clamped to the ends (diffusers' `_sigma_to_t`).
+pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let below = log_sigmas
+        .iter()
+        .filter(|&&l| log_sigma - l as f64 >= 0.0)
+        .count();
+    let low_idx = below.saturating_sub(1).min(log_sigmas.len() - 2);
+    let (low, high) = (log_sigmas[low_idx] as f64, log_sigmas[low_idx + 1] as f64);
+    let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * (low_idx + 1) as f64
+}
+
 /// DDIM / Euler timesteps for `steps` inference steps (descending).
 pub fn spaced_timesteps(cfg: &SchedulerConfig, steps: usize) -> Vec<f64> {
     let n = cfg.num_train_timesteps;

@@ -32,6 +32,20 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         (None, Some(m)) => Some(base.join(m)),
         (None, None) => None,
     };
+    let model_config = match (&o.config, &spec.config) {
+        (Some(m), _) => Some(m.clone()),
+        (None, Some(m)) => Some(base.join(m)),
+        (None, None) => None,
+    };
+    let mut loras = Vec::new();
+    for (i, l) in spec.loras.iter().enumerate() {
+        let weight = l.weight.unwrap_or(1.0);
+        validate::lora_weight(&bad, &format!("lora[{i}].weight"), weight)?;
+        loras.push((base.join(&l.path), weight));
+    }
+    for arg in &o.loras {
+        loras.push(validate::lora_flag(&bad, arg)?);
+    }
     let c = &spec.canvas;
     let width = o.width.or(c.width);
     let height = o.height.or(c.height);
@@ -148,6 +162,8 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
     Ok(Settings {
         origin: origin.clone(),
         model,
+        model_config,
+        loras,
         width,
         height,
         seed: o.seed.or(c.seed).unwrap_or(0),

@@ -11,8 +11,10 @@ use tessera_core::{Error, Result};
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpecFile {
-    /// Path of a diffusers model folder, relative to the spec file.
+    /// Path of a diffusers model folder or a single-file checkpoint, relative to the spec file.
     pub model: Option<String>,
+    /// For a single-file `model`: the diffusers folder whose configs to use.
+    pub config: Option<String>,
     #[serde(default)]
     pub canvas: CanvasTable,
     pub prompt: Option<PromptTable>,
@@ -21,6 +23,17 @@ pub struct SpecFile {
     pub regions: Vec<RegionTable>,
     pub guide: Option<GuideTable>,
     pub output: Option<OutputTable>,
+    /// `[[lora]]` files merged into the model's weights.
+    #[serde(default, rename = "lora", skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraTable>,
+}
+
+/// A `[[lora]]`: a LoRA file (relative to the spec) and its strength (default 1).
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraTable {
+    pub path: String,
+    pub weight: Option<f64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
@@ -120,6 +133,10 @@ pub struct OutputTable {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub model: Option<PathBuf>,
+    /// `--config DIR`: configs for a single-file checkpoint.
+    pub config: Option<PathBuf>,
+    /// `--lora FILE[:WEIGHT]`, in addition to the spec's `[[lora]]`.
+    pub loras: Vec<String>,
     pub out: Option<PathBuf>,
     pub prompt: Option<String>,
     pub negative: Option<String>,
@@ -202,8 +219,12 @@ pub struct GuideSettings {
 pub struct Settings {
     /// The spec file (or `<command line>`), named in errors found later.
     pub origin: PathBuf,
-    /// The model folder; `None`: the bundled default model.
+    /// The model folder or single-file checkpoint; `None`: the bundled default model.
     pub model: Option<PathBuf>,
+    /// The diffusers folder whose configs a single-file checkpoint uses.
+    pub model_config: Option<PathBuf>,
+    /// LoRA files and their weights, merged into the UNet and text encoder as they load.
+    pub loras: Vec<(PathBuf, f64)>,
     /// `None`: the model's native size.
     pub width: Option<usize>,
     pub height: Option<usize>,

@@ -20,6 +20,15 @@ impl Settings {
         let path = |p: &Path| p.display().to_string();
         SpecFile {
             model: Some(path(model)),
+            config: self.model_config.as_deref().map(path),
+            loras: self
+                .loras
+                .iter()
+                .map(|(p, w)| LoraTable {
+                    path: path(p),
+                    weight: Some(*w),
+                })
+                .collect(),
             canvas: CanvasTable {
                 width: Some(width),
                 height: Some(height),

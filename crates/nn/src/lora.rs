@@ -1,0 +1,310 @@
+//! LoRA files (kohya/A1111 `lora_unet_…` and diffusers/PEFT `lora_A`/`lora_B`), merged into a
+//! weight as the loader produces it: `W' = W + Σ weight · alpha/rank · up @ down`. Merging at
+//! load time costs nothing per step and works the same for resident and streamed weights.
+//!
+//! Modules are keyed by kohya's flat name (`lora_unet_` / `lora_te_` + the module path with `.`
+//! turned into `_`). kohya names cannot be split back on `_`, so the lookup goes from the model
+//! side: the loader flattens the name it asks for, as A1111 does.
+
+use crate::runtime::host;
+use crate::weights::WeightFile;
+use candle_core::{DType, Device, Result, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tessera_core::Error;
+
+/// The component prefixes of the flat names.
+pub const UNET: &str = "lora_unet_";
+pub const TEXT_ENCODER: &str = "lora_te_";
+
+struct Module {
+    down: Tensor,
+    up: Tensor,
+    /// weight × alpha / rank.
+    scale: f64,
+    /// The file, for errors.
+    file: Arc<PathBuf>,
+}
+
+/// Every LoRA of a render, by flat module name (several files may touch one module).
+#[derive(Default)]
+pub struct LoraSet {
+    modules: HashMap<String, Vec<Module>>,
+}
+
+fn input(path: &Path, key: &str, msg: impl Into<String>, fix: impl Into<String>) -> Error {
+    Error::input(path, Some(key), msg, fix)
+}
+
+/// The flat name of a module path: `down_blocks.0.attentions.0` → `down_blocks_0_attentions_0`.
+pub fn flat(prefix: &str, module: &str) -> String {
+    format!("{prefix}{}", module.replace('.', "_"))
+}
+
+#[derive(Default)]
+struct Parts {
+    down: Option<Tensor>,
+    up: Option<Tensor>,
+    alpha: Option<f64>,
+    key: String,
+}
+
+/// PEFT's alpha for `module` of `component` from `lora_adapter_metadata` (`alpha_pattern`
+/// entries match a module path or its dotted suffix); `None`: alpha = rank.
+fn peft_alpha(meta: &serde_json::Value, component: &str, module: &str) -> Option<f64> {
+    if let Some(patterns) = meta
+        .get(format!("{component}.alpha_pattern"))
+        .and_then(|p| p.as_object())
+    {
+        for (pattern, alpha) in patterns {
+            if module == pattern || module.ends_with(&format!(".{pattern}")) {
+                return alpha.as_f64();
+            }
+        }
+    }
+    meta.get(format!("{component}.lora_alpha"))
+        .and_then(|a| a.as_f64())
+}
+
+impl std::fmt::Debug for LoraSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoraSet({} modules)", self.modules.len())
+    }
+}
+
+impl LoraSet {
+    /// Add the LoRA file `path` at strength `weight`.
+    pub fn add(&mut self, path: &Path, weight: f64) -> tessera_core::Result<()> {
+        let fix_file = "give a LoRA .safetensors file (kohya/A1111 or diffusers/PEFT format)";
+        let file = WeightFile::open(path)
+            .map_err(|e| Error::input(path, None, format!("cannot read: {e}"), fix_file))?;
+        let peft_meta: Option<serde_json::Value> = file
+            .metadata()
+            .get("lora_adapter_metadata")
+            .and_then(|m| serde_json::from_str(m).ok());
+        let mut parts: HashMap<String, Parts> = HashMap::new();
+        let names: Vec<String> = file.shapes().map(|(n, _)| n.to_string()).collect();
+        for key in names {
+            let (name, role, component_module) = parse_key(&key).ok_or_else(|| {
+                input(
+                    path,
+                    &key,
+                    "not a LoRA tensor name tessera knows",
+                    "use a kohya/A1111 (lora_unet_…/lora_te_… with lora_down/lora_up/alpha) or \
+                     diffusers/PEFT (unet.…/text_encoder.… with lora_A/lora_B) SD 1.x/2.x LoRA",
+                )
+            })?;
+            let tensor = file
+                .load(&key, DType::F32, &host())
+                .map_err(|e| input(path, &key, format!("cannot read: {e}"), fix_file))?;
+            let entry = parts.entry(name).or_default();
+            entry.key = key.clone();
+            match role {
+                Role::Down => entry.down = Some(tensor),
+                Role::Up => entry.up = Some(tensor),
+                Role::Alpha => {
+                    let a = tensor.flatten_all().and_then(|t| t.to_vec1::<f32>());
+                    entry.alpha = a.ok().and_then(|v| v.first().copied()).map(f64::from);
+                }
+            }
+            if let (Some((component, module)), Some(meta)) = (component_module, &peft_meta) {
+                if entry.alpha.is_none() {
+                    entry.alpha = peft_alpha(meta, component, &module);
+                }
+            }
+        }
+        let file_name = Arc::new(path.to_path_buf());
+        for (name, p) in parts {
+            let (Some(down), Some(up)) = (p.down, p.up) else {
+                return Err(input(
+                    path,
+                    &p.key,
+                    "a LoRA module needs both its down (lora_down / lora_A) and up (lora_up / \
+                     lora_B) tensor",
+                    "use a complete LoRA file",
+                ));
+            };
+            let rank = down
+                .dim(0)
+                .map_err(|e| input(path, &p.key, e.to_string(), fix_file))?;
+            let alpha = p.alpha.unwrap_or(rank as f64);
+            self.modules.entry(name).or_default().push(Module {
+                down,
+                up,
+                scale: weight * alpha / rank as f64,
+                file: file_name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+
+    /// Whether any module belongs to the component of `prefix`.
+    pub fn touches(&self, prefix: &str) -> bool {
+        self.modules.keys().any(|k| k.starts_with(prefix))
+    }
+
+    /// Refuse modules of `prefix` that match no weight of the component (`weights`: its
+    /// tensor names): a LoRA made for another model would otherwise change nothing, silently.
+    pub fn check_targets<'a>(
+        &self,
+        prefix: &str,
+        weights: impl Iterator<Item = &'a str>,
+        component: &Path,
+    ) -> tessera_core::Result<()> {
+        let known: HashSet<String> = weights
+            .filter_map(|w| w.strip_suffix(".weight"))
+            .map(|m| flat(prefix, m))
+            .collect();
+        for (name, modules) in &self.modules {
+            if name.starts_with(prefix) && !known.contains(name) {
+                return Err(input(
+                    &modules[0].file,
+                    name,
+                    format!(
+                        "the LoRA module matches no weight of {}",
+                        component.display()
+                    ),
+                    "use a LoRA made for this model family (SD 1.x/2.x LoRAs in kohya or \
+                     diffusers naming)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `weight` with every LoRA of module `name` (flat) merged in, all in f32 on its device.
+    fn merge(&self, name: &str, weight: Tensor) -> Result<Tensor> {
+        let Some(modules) = self.modules.get(name) else {
+            return Ok(weight);
+        };
+        let device = weight.device().clone();
+        let mut w = weight.to_dtype(DType::F32)?;
+        for m in modules {
+            let up = m.up.flatten_from(1)?.to_device(&device)?;
+            let down = m.down.flatten_from(1)?.to_device(&device)?;
+            let delta = (up.matmul(&down)? * m.scale)?;
+            if delta.elem_count() != w.elem_count() {
+                candle_core::bail!(
+                    "{}: LoRA module {name} has shape {:?}, the weight {:?}",
+                    m.file.display(),
+                    delta.dims(),
+                    w.dims()
+                );
+            }
+            let delta = delta.reshape(w.shape())?;
+            w = (w + delta)?;
+        }
+        Ok(w)
+    }
+}
+
+enum Role {
+    Down,
+    Up,
+    Alpha,
+}
+
+/// A PEFT tensor's component (`unet`, `text_encoder`) and module path, for its alpha.
+type PeftModule = (&'static str, String);
+
+/// A LoRA tensor name → (flat module name, role, PEFT (component, module path) if PEFT).
+fn parse_key(key: &str) -> Option<(String, Role, Option<PeftModule>)> {
+    if key.starts_with(UNET) || key.starts_with(TEXT_ENCODER) {
+        let (name, rest) = key.split_once('.')?;
+        let role = match rest {
+            "lora_down.weight" => Role::Down,
+            "lora_up.weight" => Role::Up,
+            "alpha" => Role::Alpha,
+            _ => return None,
+        };
+        return Some((name.to_string(), role, None));
+    }
+    let (component, prefix, rest) = if let Some(r) = key.strip_prefix("unet.") {
+        ("unet", UNET, r.to_string())
+    } else if let Some(r) = key.strip_prefix("text_encoder.") {
+        // transformers 5 drops the `text_model.` level; the model's names keep it.
+        let r = if r.starts_with("text_model.") {
+            r.to_string()
+        } else {
+            format!("text_model.{r}")
+        };
+        ("text_encoder", TEXT_ENCODER, r)
+    } else {
+        return None;
+    };
+    let (module, role) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
+        (m, Role::Down)
+    } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
+        (m, Role::Up)
+    } else {
+        return None;
+    };
+    let peft_module = module.strip_prefix("text_model.").unwrap_or(module);
+    Some((
+        flat(prefix, module),
+        role,
+        Some((component, peft_module.to_string())),
+    ))
+}
+
+/// A weight source with a component's LoRAs merged into the weights it hands out.
+pub struct WithLora {
+    inner: Box<dyn SimpleBackend>,
+    loras: Arc<LoraSet>,
+    prefix: &'static str,
+}
+
+impl WithLora {
+    pub fn new(inner: Box<dyn SimpleBackend>, loras: Arc<LoraSet>, prefix: &'static str) -> Self {
+        Self {
+            inner,
+            loras,
+            prefix,
+        }
+    }
+
+    /// The flat name of `name`'s module if a LoRA touches it.
+    fn touched(&self, name: &str) -> Option<String> {
+        let module = flat(self.prefix, name.strip_suffix(".weight")?);
+        self.loras.modules.contains_key(&module).then_some(module)
+    }
+}
+
+impl SimpleBackend for WithLora {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        match self.touched(name) {
+            Some(module) => {
+                let t = self.inner.get(s, name, h, DType::F32, dev)?;
+                self.loras.merge(&module, t)?.to_dtype(dtype)
+            }
+            None => self.inner.get(s, name, h, dtype, dev),
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        match self.touched(name) {
+            Some(module) => {
+                let t = self.inner.get_unchecked(name, DType::F32, dev)?;
+                self.loras.merge(&module, t)?.to_dtype(dtype)
+            }
+            None => self.inner.get_unchecked(name, dtype, dev),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}
