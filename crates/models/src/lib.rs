@@ -4,6 +4,8 @@
 
 pub mod folder;
 pub mod info;
+mod record;
 pub mod synth;
+pub mod text;
 
 pub use folder::ModelDir;

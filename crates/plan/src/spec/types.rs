@@ -40,6 +40,14 @@ pub struct CanvasTable {
     pub attention_mib: Option<usize>,
     /// A memory budget such as "800M" or "2G": tessera picks settings that fit it.
     pub max_memory: Option<String>,
+    /// SDXL micro-conditioning of a one-window render: diffusers' `original_size`, `[w, h]`.
+    pub original_size: Option<[usize; 2]>,
+    /// SDXL micro-conditioning of a one-window render: diffusers' `crops_coords_top_left`,
+    /// as `[x, y]` in pixels.
+    pub crop: Option<[usize; 2]>,
+    /// SDXL on a canvas: tell each window where it sits (default true); false conditions
+    /// every window as a whole picture of its own size (crop `(0, 0)`), as other tools do.
+    pub window_crops: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
@@ -131,6 +139,9 @@ pub struct Overrides {
     pub stream_weights: bool,
     pub attention_mib: Option<usize>,
     pub max_memory: Option<String>,
+    pub original_size: Option<[usize; 2]>,
+    pub crop: Option<[usize; 2]>,
+    pub no_window_crops: bool,
 }
 
 /// A prompt with its negative and guidance scale.
@@ -225,6 +236,13 @@ pub struct Settings {
     pub output: PathBuf,
     pub init_noise: Option<PathBuf>,
     pub save_latents: Option<PathBuf>,
+    /// SDXL size conditioning of a one-window render `(w, h)` (`None`: the render's size).
+    pub original_size: Option<(usize, usize)>,
+    /// SDXL crop conditioning of a one-window render `(x, y)` (`None`: `(0, 0)`).
+    pub crop: Option<(usize, usize)>,
+    /// SDXL on a canvas: each window conditioned on its place in the canvas (else as a whole
+    /// picture of its own size).
+    pub window_crops: bool,
 }
 
 pub const DEFAULT_STEPS: usize = 30;
