@@ -92,6 +92,16 @@ pub struct RenderArgs {
     /// front when the budget cannot be met.
     #[arg(long, value_name = "SIZE")]
     pub max_memory: Option<String>,
+    /// SDXL: the `original_size` a one-window render is conditioned on [default: its size].
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
+    pub original_size: Option<[usize; 2]>,
+    /// SDXL: the crop offset a one-window render is conditioned on, in pixels [default: 0,0].
+    #[arg(long, value_name = "X,Y", value_parser = parse_offset)]
+    pub crop: Option<[usize; 2]>,
+    /// SDXL on a canvas: condition every window as a whole picture of its own size instead of
+    /// telling it where it sits in the canvas.
+    #[arg(long)]
+    pub no_window_crops: bool,
     /// After rendering, check the output against its guide picture (as `tessera check`, default
     /// thresholds); exit 1 if the check fails. Skipped when no guide was rendered.
     #[arg(long)]
@@ -127,8 +137,29 @@ impl RenderArgs {
             max_memory: self.max_memory.clone(),
             preview_every: self.preview_every,
             resume: self.resume,
+            original_size: self.original_size,
+            crop: self.crop,
+            no_window_crops: self.no_window_crops,
         }
     }
+}
+
+fn parse_pair(text: &str, sep: char, form: &str) -> std::result::Result<[usize; 2], String> {
+    let parse = |v: &str| v.trim().parse::<usize>().ok();
+    match text.split_once(sep).map(|(a, b)| (parse(a), parse(b))) {
+        Some((Some(a), Some(b))) => Ok([a, b]),
+        _ => Err(format!(
+            "{text:?} is not {form} (two whole numbers of pixels)"
+        )),
+    }
+}
+
+fn parse_size(text: &str) -> std::result::Result<[usize; 2], String> {
+    parse_pair(text, 'x', "WxH, e.g. 1024x1024")
+}
+
+fn parse_offset(text: &str) -> std::result::Result<[usize; 2], String> {
+    parse_pair(text, ',', "X,Y, e.g. 0,256")
 }
 
 fn loads_line(loads: &std::collections::BTreeMap<&str, usize>) -> String {

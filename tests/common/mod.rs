@@ -37,9 +37,19 @@ pub fn runtime() -> tessera::nn::Runtime {
         .unwrap_or_else(|e| panic!("TESSERA_TEST_DEVICE={name}: {}", e.message))
 }
 
+/// The bundled tiny SDXL-shaped model the `reference-sdxl` fixtures were computed with.
+pub fn tiny_sdxl_dir() -> PathBuf {
+    repo_path("models/tiny-sdxl")
+}
+
 /// Every tensor of `tests/fixtures/reference/<name>.safetensors`, on the test runtime's device.
 pub fn fixture(name: &str) -> HashMap<String, Tensor> {
-    let path = repo_path(&format!("tests/fixtures/reference/{name}.safetensors"));
+    fixture_in("reference", name)
+}
+
+/// Every tensor of `tests/fixtures/<set>/<name>.safetensors`, on the test runtime's device.
+pub fn fixture_in(set: &str, name: &str) -> HashMap<String, Tensor> {
+    let path = repo_path(&format!("tests/fixtures/{set}/{name}.safetensors"));
     candle_core::safetensors::load(&path, &runtime().device)
         .unwrap_or_else(|e| panic!("cannot load fixture {}: {e}", path.display()))
 }

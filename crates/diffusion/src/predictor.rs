@@ -2,7 +2,7 @@
 //! it (a UNet of one family or another, on one device or another).
 
 use candle_core::{DType, Result, Tensor};
-use tessera_nn::unet::UNet;
+use tessera_nn::unet::{AddedCond, UNet};
 
 /// Where a window sits, in pixels: the size of the whole canvas, the window's offset in it and
 /// its size. Model families with size and crop conditioning use it; others ignore it.
@@ -42,17 +42,46 @@ pub trait NoisePredictor {
     fn dtype(&self) -> DType;
 }
 
-/// SD 1.x / 2.x: text conditioning only.
+impl Placement {
+    /// SDXL's micro-conditioning `time_ids` for this placement: original size, crop offset and
+    /// target size, each `(height, width)`-ordered as diffusers stores them.
+    pub fn time_ids(&self) -> [f32; 6] {
+        let (c, o, s) = (self.canvas, self.offset, self.size);
+        [c.1, c.0, o.1, o.0, s.1, s.0].map(|v| v as f32)
+    }
+}
+
+/// SD 1.x / 2.x: text conditioning only; SDXL (`text_time`): also the pooled embeddings and
+/// the placement as size and crop conditioning.
 impl NoisePredictor for UNet {
     fn predict(
         &self,
         x: &Tensor,
         t: f64,
         context: &Tensor,
-        _: Option<&Tensor>,
-        _: &[Placement],
+        pooled: Option<&Tensor>,
+        at: &[Placement],
     ) -> Result<Tensor> {
-        self.forward(x, t, context)
+        if !self.takes_added_cond() {
+            return self.forward(x, t, context);
+        }
+        let pooled = pooled.ok_or_else(|| {
+            candle_core::Error::Msg("an SDXL UNet needs pooled text embeddings".into())
+        })?;
+        // Each window's samples (unconditional, conditional) share its placement.
+        let b = x.dim(0)?;
+        let per_window = b / at.len().max(1);
+        let ids: Vec<f32> = at
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.time_ids(), per_window))
+            .flatten()
+            .collect();
+        let ids = Tensor::from_vec(ids, (b, 6), x.device())?;
+        let added = AddedCond {
+            text_embeds: pooled,
+            time_ids: &ids,
+        };
+        self.forward_added(x, t, context, Some(added))
     }
 
     fn dtype(&self) -> DType {

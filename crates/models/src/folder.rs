@@ -374,6 +374,43 @@ impl ModelDir {
         }
     }
 
+    /// Whether this is an SDXL folder: a `text_time` UNet, with `text_encoder_2/` and
+    /// `tokenizer_2/` beside the first encoder.
+    pub fn is_sdxl(&self) -> Result<bool> {
+        if self.unet_config()?.text_time_dims().is_none() {
+            return Ok(false);
+        }
+        for part in ["text_encoder_2", "tokenizer_2"] {
+            if !self.root.join(part).is_dir() {
+                return Err(Error::input(
+                    self.root.join(part),
+                    None,
+                    format!("an SDXL UNet (addition_embed_type \"text_time\") but no {part}/"),
+                    "use the complete SDXL diffusers folder (both text encoders and tokenizers)",
+                ));
+            }
+        }
+        Ok(true)
+    }
+
+    pub fn text_encoder_2_config(&self) -> Result<clip::ClipTextConfig> {
+        clip::ClipTextConfig::from_file(&self.path("text_encoder_2/config.json"))
+    }
+
+    pub fn tokenizer_2(&self) -> Result<tokenizer::ClipTokenizer> {
+        tokenizer::ClipTokenizer::from_dir(&self.path("tokenizer_2"))
+    }
+
+    /// `model_index.json`'s `force_zeros_for_empty_prompt` (false when absent).
+    pub fn force_zeros_for_empty_prompt(&self) -> Result<bool> {
+        let path = self.path("model_index.json");
+        if !path.is_file() {
+            return Ok(false);
+        }
+        let index: serde_json::Value = tessera_nn::config::read_json(&path)?;
+        Ok(index["force_zeros_for_empty_prompt"].as_bool() == Some(true))
+    }
+
     /// The UNet in `dtype`, every weight resident.
     pub fn load_unet(&self, rt: &Runtime, dtype: DType) -> Result<unet::UNet> {
         self.count_load("unet");
@@ -410,6 +447,18 @@ impl ModelDir {
         self.count_load("vae encoder");
         let vb = self.var_builder(rt, "vae", "diffusion_pytorch_model", dtype)?;
         Ok(vae::Encoder::new(vb, &self.vae_config()?)?)
+    }
+
+    /// SDXL's second text encoder (`CLIPTextModelWithProjection`).
+    pub fn load_text_encoder_2(
+        &self,
+        rt: &Runtime,
+        dtype: DType,
+    ) -> Result<clip::ClipTextModelWithProjection> {
+        self.count_load("text encoder 2");
+        let cfg = self.text_encoder_2_config()?;
+        let vb = self.var_builder(rt, "text_encoder_2", "model", dtype)?;
+        Ok(clip::ClipTextModelWithProjection::new(vb, &cfg)?)
     }
 
     pub fn load_text_encoder(&self, rt: &Runtime, dtype: DType) -> Result<clip::ClipTextModel> {

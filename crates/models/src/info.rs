@@ -25,6 +25,9 @@ pub struct ModelInfo {
     pub unet: ComponentInfo,
     pub vae: ComponentInfo,
     pub text_encoder: ComponentInfo,
+    /// SDXL's second text encoder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_encoder_2: Option<ComponentInfo>,
 }
 
 fn component(dir: &ModelDir, name: &str, stem: &str) -> Result<ComponentInfo> {
@@ -50,8 +53,11 @@ fn component(dir: &ModelDir, name: &str, stem: &str) -> Result<ComponentInfo> {
 pub fn inspect(dir: &ModelDir) -> Result<ModelInfo> {
     let unet = dir.unet_config()?;
     let sched = dir.scheduler_config()?;
+    let sdxl = dir.is_sdxl()?;
     let family = match (dir.inferred_family(), unet.cross_attention_dim) {
         (Some(f), _) => f,
+        _ if sdxl && unet.cross_attention_dim == 2048 => "SDXL",
+        _ if sdxl => "SDXL-shaped (custom sizes)",
         (None, 768) => "SD 1.x",
         (None, 1024) => "SD 2.x / Turbo",
         _ => "SD-1.x-shaped (custom sizes)",
@@ -67,6 +73,10 @@ pub fn inspect(dir: &ModelDir) -> Result<ModelInfo> {
         unet: component(dir, "unet", "diffusion_pytorch_model")?,
         vae: component(dir, "vae", "diffusion_pytorch_model")?,
         text_encoder: component(dir, "text_encoder", "model")?,
+        text_encoder_2: match sdxl {
+            true => Some(component(dir, "text_encoder_2", "model")?),
+            false => None,
+        },
     })
 }
 
@@ -80,11 +90,13 @@ impl fmt::Display for ModelInfo {
             "scheduler:       {} ({})",
             self.scheduler, self.prediction_type
         )?;
-        for (name, c) in [
-            ("unet", &self.unet),
-            ("vae", &self.vae),
-            ("text encoder", &self.text_encoder),
-        ] {
+        let components = [
+            ("unet", Some(&self.unet)),
+            ("vae", Some(&self.vae)),
+            ("text encoder", Some(&self.text_encoder)),
+            ("text encoder 2", self.text_encoder_2.as_ref()),
+        ];
+        for (name, c) in components.iter().filter_map(|(n, c)| Some((n, (*c)?))) {
             let dtypes: Vec<String> = c.dtypes.keys().cloned().collect();
             writeln!(
                 f,

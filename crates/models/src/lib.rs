@@ -5,6 +5,8 @@
 pub mod folder;
 pub mod infer;
 pub mod info;
+mod record;
 pub mod synth;
+pub mod text;
 
 pub use folder::ModelDir;

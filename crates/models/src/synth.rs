@@ -1,14 +1,15 @@
 //! `tessera model synth`: a diffusers model folder with random weights, for tests and for
 //! measuring full-size architectures without downloading weights.
 //!
-//! The architectures are built by tessera's own model code over a recording `VarMap`, so the
+//! The architectures are built by tessera's own model code over a shape-recording weight source, so the
 //! written key names and shapes are exactly what the loader reads. Weights are drawn from the
 //! portable seeded noise (normal / sqrt(fan_in); norms 1; biases N(0, 0.02)), so a seed always
 //! gives the same folder.
 
+use crate::record::record;
 use crate::ModelDir;
-use candle_core::{DType, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{DType, Shape, Tensor};
+use candle_nn::VarBuilder;
 use serde_json::{json, Value};
 use std::path::Path;
 use tessera_core::{Error, Result};
@@ -18,12 +19,14 @@ use tessera_nn::runtime::host;
 use tessera_nn::weights::save_tensors;
 use tessera_nn::{clip, unet, vae};
 
-pub const ARCHES: &[&str] = &["tiny", "sd15", "sd21"];
+pub const ARCHES: &[&str] = &["tiny", "sd15", "sd21", "sdxl"];
 
 struct Arch {
     unet: Value,
     vae: Value,
     text_encoder: Value,
+    /// SDXL's second encoder (`CLIPTextModelWithProjection`, its tokenizer pads with `!`).
+    text_encoder_2: Option<Value>,
     scheduler: Value,
     pad_token: &'static str,
 }
@@ -69,6 +72,7 @@ fn arch(name: &str) -> Result<Arch> {
             unet: read("unet/config.json")?,
             vae: read("vae/config.json")?,
             text_encoder: read("text_encoder/config.json")?,
+            text_encoder_2: None,
             scheduler: read("scheduler/scheduler_config.json")?,
             pad_token: "<|endoftext|>",
         }),
@@ -76,6 +80,7 @@ fn arch(name: &str) -> Result<Arch> {
             unet: sd_unet(json!(8), 768, false, 64),
             vae: sd_vae(512),
             text_encoder: clip(768, 3072, 12, 12, "quick_gelu", 768),
+            text_encoder_2: None,
             scheduler: sched("epsilon"),
             pad_token: "<|endoftext|>",
         }),
@@ -83,8 +88,44 @@ fn arch(name: &str) -> Result<Arch> {
             unet: sd_unet(json!([5, 10, 20, 20]), 1024, true, 96),
             vae: sd_vae(768),
             text_encoder: clip(1024, 4096, 23, 16, "gelu", 512),
+            text_encoder_2: None,
             scheduler: sched("v_prediction"),
             pad_token: "!",
+        }),
+        // stable-diffusion-xl-base-1.0's configs (the architecture fields).
+        "sdxl" => Ok(Arch {
+            unet: {
+                let mut u = sd_unet(json!([5, 10, 20]), 2048, true, 128);
+                u["block_out_channels"] = json!([320, 640, 1280]);
+                u["down_block_types"] = json!([
+                    "DownBlock2D",
+                    "CrossAttnDownBlock2D",
+                    "CrossAttnDownBlock2D"
+                ]);
+                u["up_block_types"] =
+                    json!(["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]);
+                u["transformer_layers_per_block"] = json!([1, 2, 10]);
+                u["addition_embed_type"] = json!("text_time");
+                u["addition_time_embed_dim"] = json!(256);
+                u["projection_class_embeddings_input_dim"] = json!(2816);
+                u
+            },
+            vae: {
+                let mut v = sd_vae(1024);
+                v["scaling_factor"] = json!(0.13025);
+                v
+            },
+            text_encoder: clip(768, 3072, 12, 12, "quick_gelu", 768),
+            text_encoder_2: Some({
+                let mut c = clip(1280, 5120, 32, 20, "gelu", 1280);
+                c["architectures"] = json!(["CLIPTextModelWithProjection"]);
+                c
+            }),
+            scheduler: json!({"_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085,
+                "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+                "prediction_type": "epsilon", "steps_offset": 1, "timestep_spacing": "leading",
+                "interpolation_type": "linear"}),
+            pad_token: "<|endoftext|>",
         }),
         other => Err(Error::input(
             "--arch",
@@ -95,16 +136,16 @@ fn arch(name: &str) -> Result<Arch> {
     }
 }
 
-/// Replace every recorded variable with portable seeded values and return them by name.
-fn seeded_weights(varmap: &VarMap, seed: u64, dtype: DType) -> Result<Vec<(String, Tensor)>> {
-    let data = varmap.data().lock().expect("varmap lock");
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
+/// Portable seeded values for every recorded weight, by name.
+fn seeded_weights(
+    shapes: &[(String, Shape)],
+    seed: u64,
+    dtype: DType,
+) -> Result<Vec<(String, Tensor)>> {
     let mut rng = SeededNoise::new(seed);
-    names
-        .into_iter()
-        .map(|name| {
-            let shape = data[name].shape().clone();
+    shapes
+        .iter()
+        .map(|(name, shape)| {
             let dims = shape.dims();
             let t = if dims.len() == 1 && name.ends_with(".weight") {
                 Tensor::ones(dims, DType::F32, &host())?
@@ -134,10 +175,7 @@ fn write_component(
     build: impl FnOnce(VarBuilder) -> Result<()>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
-    let varmap = VarMap::new();
-    build(VarBuilder::from_varmap(&varmap, DType::F32, &host()))?;
-    let weights = seeded_weights(&varmap, seed, dtype)?;
-    drop(varmap);
+    let weights = seeded_weights(&record(build)?, seed, dtype)?;
     let refs: Vec<(&str, &Tensor)> = weights.iter().map(|(k, t)| (k.as_str(), t)).collect();
     save_tensors(&dir.join(file), &refs)?;
     write_json(&dir.join(config_name), config)
@@ -151,6 +189,42 @@ fn parse<T: serde::de::DeserializeOwned>(config: &Value, arch: &str) -> Result<T
 fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("serialisable");
     std::fs::write(path, text).map_err(|e| Error::io(path.display().to_string(), e))
+}
+
+/// Parameters per component (`unet`, `vae`, `text_encoder`, `text_encoder_2`) of an
+/// architecture, counted from the weights tessera's model code asks for (nothing allocated).
+pub fn parameter_counts(name: &str) -> Result<Vec<(&'static str, u64)>> {
+    let a = arch(name)?;
+    let count = |shapes: Vec<(String, Shape)>| -> u64 {
+        shapes.iter().map(|(_, s)| s.elem_count() as u64).sum()
+    };
+    let unet_cfg: unet::UNetConfig = parse(&a.unet, name)?;
+    let vae_cfg: vae::VaeConfig = parse(&a.vae, name)?;
+    let clip_cfg: clip::ClipTextConfig = parse(&a.text_encoder, name)?;
+    let mut out = vec![
+        (
+            "unet",
+            count(record(|vb| Ok(unet::UNet::new(vb, &unet_cfg).map(drop)?))?),
+        ),
+        (
+            "vae",
+            count(record(|vb| {
+                Ok(vae::AutoencoderKl::new(vb, &vae_cfg).map(drop)?)
+            })?),
+        ),
+        (
+            "text_encoder",
+            count(record(|vb| {
+                Ok(clip::ClipTextModel::new(vb, &clip_cfg).map(drop)?)
+            })?),
+        ),
+    ];
+    if let Some(te2) = &a.text_encoder_2 {
+        let cfg: clip::ClipTextConfig = parse(te2, name)?;
+        let shapes = record(|vb| Ok(clip::ClipTextModelWithProjection::new(vb, &cfg).map(drop)?))?;
+        out.push(("text_encoder_2", count(shapes)));
+    }
+    Ok(out)
 }
 
 /// Write a random-weight model folder of architecture `name` to `out` (atomically: built in a
@@ -225,12 +299,32 @@ pub fn synthesize(name: &str, out: &Path, seed: u64, dtype: &str) -> Result<()> 
     std::fs::create_dir_all(tmp.join("scheduler")).map_err(|e| Error::io("scheduler", e))?;
     write_json(&tmp.join("scheduler/scheduler_config.json"), &a.scheduler)?;
     copy_tokenizer(&tmp.join("tokenizer"), a.pad_token)?;
-    write_json(
-        &tmp.join("model_index.json"),
-        &json!({"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}),
-    )?;
+    let mut index = json!({"_class_name": "StableDiffusionPipeline",
+        "scheduler": ["diffusers", a.scheduler["_class_name"]],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]});
+    if let Some(te2) = &a.text_encoder_2 {
+        let cfg: clip::ClipTextConfig = parse(te2, name)?;
+        write_component(
+            &tmp.join("text_encoder_2"),
+            "model.safetensors",
+            "config.json",
+            te2,
+            seed + 3,
+            dtype,
+            |vb| {
+                clip::ClipTextModelWithProjection::new(vb, &cfg)
+                    .map(drop)
+                    .map_err(Error::from)
+            },
+        )?;
+        copy_tokenizer(&tmp.join("tokenizer_2"), "!")?;
+        index["_class_name"] = json!("StableDiffusionXLPipeline");
+        index["force_zeros_for_empty_prompt"] = json!(true);
+        index["text_encoder_2"] = json!(["transformers", "CLIPTextModelWithProjection"]);
+        index["tokenizer_2"] = json!(["transformers", "CLIPTokenizer"]);
+    }
+    write_json(&tmp.join("model_index.json"), &index)?;
     std::fs::rename(&tmp, out).map_err(|e| Error::io(format!("renaming to {}", out.display()), e))
 }
 

@@ -1,5 +1,6 @@
-//! The CLIP text encoder (transformers' `CLIPTextModel`), returning `last_hidden_state`:
-//! token + position embeddings, pre-norm transformer layers with a causal mask, final norm.
+//! The CLIP text encoders: transformers' `CLIPTextModel` (token + position embeddings, pre-norm
+//! transformer layers with a causal mask, final norm) and `CLIPTextModelWithProjection` (SDXL's
+//! second encoder: the same plus a pooled, projected embedding).
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{layer_norm, linear, LayerNorm, Linear, VarBuilder};
@@ -25,6 +26,17 @@ pub struct ClipTextConfig {
     pub hidden_act: ClipActivation,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// transformers pools at `argmax(input_ids)` when this is 2 (the legacy configs SD ships),
+    /// else at the first `eos_token_id`.
+    #[serde(default = "default_eos")]
+    pub eos_token_id: u32,
+    /// Width of `text_projection` (`CLIPTextModelWithProjection` only).
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
+}
+
+fn default_eos() -> u32 {
+    2
 }
 
 fn default_eps() -> f64 {
@@ -168,14 +180,60 @@ impl ClipTextModel {
 
     /// `last_hidden_state` (B, n, hidden) for token ids (B, n).
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
+        Ok(self.hidden_states(input_ids)?.1)
+    }
+
+    /// `(hidden_states[-2], last_hidden_state)`: the penultimate layer's output (before the
+    /// final norm, what SDXL conditions on) and the normed last one.
+    pub fn hidden_states(&self, input_ids: &Tensor) -> Result<(Tensor, Tensor)> {
         let (_, n) = input_ids.dims2()?;
         let x = self.token_embedding.forward(input_ids)?;
         let mut x = x.broadcast_add(&self.position_embedding.narrow(0, 0, n)?)?;
         let mask = causal_mask(n, x.device())?;
+        let mut penultimate = x.clone();
         for layer in &self.layers {
-            x = layer.forward(&x, &mask)?;
+            penultimate = x;
+            x = layer.forward(&penultimate, &mask)?;
         }
-        norm(&self.final_norm, &x, self.eps)
+        Ok((penultimate, norm(&self.final_norm, &x, self.eps)?))
+    }
+}
+
+/// `CLIPTextModelWithProjection`: the text model plus `text_projection` (no bias) of the
+/// pooled output.
+pub struct ClipTextModelWithProjection {
+    text: ClipTextModel,
+    projection: Linear,
+    eos: u32,
+}
+
+impl ClipTextModelWithProjection {
+    pub fn new(vb: VarBuilder, c: &ClipTextConfig) -> Result<Self> {
+        let out = c.projection_dim.unwrap_or(c.hidden_size);
+        Ok(Self {
+            text: ClipTextModel::new(vb.clone(), c)?,
+            projection: candle_nn::linear_no_bias(c.hidden_size, out, vb.pp("text_projection"))?,
+            eos: c.eos_token_id,
+        })
+    }
+
+    /// `(hidden_states[-2], text_embeds)`: (B, n, hidden) and the projected pooled (B, P).
+    pub fn forward(&self, input_ids: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (penultimate, last) = self.text.hidden_states(input_ids)?;
+        let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let rows = ids
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let pos = match self.eos {
+                    2 => (0..row.len()).rev().max_by_key(|&j| row[j]),
+                    eos => row.iter().position(|&id| id == eos),
+                };
+                last.get(i)?.get(pos.unwrap_or(row.len() - 1))?.unsqueeze(0)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pooled = Tensor::cat(&rows, 0)?;
+        Ok((penultimate, self.projection.forward(&pooled)?))
     }
 }
 

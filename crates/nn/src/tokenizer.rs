@@ -35,7 +35,7 @@ fn bad(path: &Path, message: String) -> Error {
 impl ClipTokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let json = dir.join("tokenizer.json");
-        let inner = if json.is_file() {
+        let mut inner = if json.is_file() {
             Tokenizer::from_file(&json).map_err(|e| bad(&json, format!("cannot load: {e}")))?
         } else {
             from_vocab_and_merges(dir)?
@@ -57,6 +57,12 @@ impl ClipTokenizer {
                 .to_string(),
             _ => EOS.to_string(),
         };
+        if pad_token != EOS {
+            // transformers makes a pad token an added special token, so that text is split
+            // around it: SDXL's second tokenizer pads with `!`, and `world!!!` becomes
+            // `world`, 0, 0, 0 (what `tokenizer.json` files saved by transformers hold too).
+            inner.add_special_tokens(&[tokenizers::AddedToken::from(pad_token.clone(), true)]);
+        }
         let id = |token: &str| {
             inner
                 .token_to_id(token)

@@ -7,6 +7,7 @@ use std::time::Instant;
 use tessera_core::{Quiet, Result};
 use tessera_diffusion::autoencoder::Autoencoder;
 use tessera_diffusion::noise::{NoiseSource, SeededNoise};
+use tessera_diffusion::{NoisePredictor, Placement};
 use tessera_models::ModelDir;
 use tessera_nn::Runtime;
 
@@ -94,9 +95,18 @@ pub fn unet(
         .noise(&(batch, 77, cfg.cross_attention_dim).into())?
         .to_dtype(dtype)?;
     let emb = rt.to_device(&emb)?;
+    // SDXL's pooled embeddings: what add_embedding takes besides the six time_ids sinusoids.
+    let pooled = match cfg.text_time_dims() {
+        Some((time_dim, input_dim)) => {
+            let p = rng.noise(&(batch, input_dim - 6 * time_dim).into())?;
+            Some(rt.to_device(&p)?)
+        }
+        None => None,
+    };
+    let at = Placement::whole((8 * latent, 8 * latent));
     let notes = vec![format!("loaded UNet ({dtype:?}); RSS {}", mib(rss_bytes()))];
     let (times, peak_device_bytes) = time_runs(rt, repeat, || {
-        unet.forward(&x, 500.0, &emb)?;
+        unet.predict(&x, 500.0, &emb, pooled.as_ref(), std::slice::from_ref(&at))?;
         Ok(())
     })?;
     Ok(BenchReport {

@@ -54,7 +54,9 @@ pub fn model_facts(dir: &ModelDir, rt: &Runtime) -> Result<ModelFacts> {
     Ok(ModelFacts {
         native_size: (info.native_size[0], info.native_size[1]),
         memory: MemoryFacts {
-            text_encoder_params: info.text_encoder.parameters,
+            // Both of SDXL's encoders are loaded together for the prompts.
+            text_encoder_params: info.text_encoder.parameters
+                + info.text_encoder_2.as_ref().map_or(0, |c| c.parameters),
             unet_params: info.unet.parameters,
             unet_largest_layer_params: per_layer.into_iter().max().unwrap_or(0),
             unet_channels: unet.block_out_channels[0],

@@ -10,7 +10,7 @@ use tessera_diffusion::mixture::Window;
 use tessera_diffusion::noise::{NoiseSource, SeededNoise};
 use tessera_diffusion::pass::{self, ImageRegion, PassSpec, PassState, Start, StepHook};
 use tessera_diffusion::scheduler::{SchedulerConfig, SchedulerKind};
-use tessera_diffusion::Cond;
+use tessera_diffusion::{Cond, NoisePredictor, Placement};
 use tessera_models::ModelDir;
 use tessera_nn::unet::UNet;
 use tessera_nn::Runtime;
@@ -59,6 +59,7 @@ impl<'a> Denoiser<'a> {
             false => model.load_unet(rt, dtype)?,
         };
         unet.attention_budget = settings.attention_budget;
+        check_framing(settings, plan, &unet)?;
         Ok(Self {
             rt,
             settings,
@@ -189,7 +190,13 @@ impl<'a> Denoiser<'a> {
             on_step: hooks.on_step,
             ..self.spec(s.steps, &noise, &windows, conds, (plan.width, plan.height))
         };
-        pass::denoise(&self.unet, &spec, self.observer)
+        let framed = Framed {
+            unet: &self.unet,
+            original: s.original_size,
+            crop: s.crop,
+            window_crops: s.window_crops,
+        };
+        pass::denoise(&framed, &spec, self.observer)
     }
 
     /// A checkpoint's state (host tensors) moved to the compute device.
@@ -211,6 +218,72 @@ impl<'a> Denoiser<'a> {
         let c = self.unet.config.in_channels;
         Ok(SeededNoise::new(seed).noise(&(1, c, h / 8, w / 8).into())?)
     }
+}
+
+/// The UNet with a one-window render's `[canvas] original_size` / `crop` in place of the
+/// placement the pass gives its window (SDXL's size and crop conditioning). On a canvas of
+/// several windows the pass tells each window where it sits instead, unless `window_crops`
+/// is off (each window then a whole picture of its own size).
+struct Framed<'a> {
+    unet: &'a UNet,
+    original: Option<(usize, usize)>,
+    crop: Option<(usize, usize)>,
+    window_crops: bool,
+}
+
+impl NoisePredictor for Framed<'_> {
+    fn predict(
+        &self,
+        x: &Tensor,
+        t: f64,
+        context: &Tensor,
+        pooled: Option<&Tensor>,
+        at: &[Placement],
+    ) -> candle_core::Result<Tensor> {
+        let framed: Vec<Placement> = at
+            .iter()
+            .map(|at| match (self.original, self.crop, self.window_crops) {
+                (None, None, false) => Placement::whole(at.size),
+                (original, crop, _) => Placement {
+                    canvas: original.unwrap_or(at.canvas),
+                    offset: crop.unwrap_or(at.offset),
+                    size: at.size,
+                },
+            })
+            .collect();
+        self.unet.predict(x, t, context, pooled, &framed)
+    }
+
+    fn dtype(&self) -> DType {
+        self.unet.dtype
+    }
+}
+
+/// `original_size` and `crop` need a model with size and crop conditioning and one window.
+fn check_framing(s: &Settings, plan: &Plan, unet: &UNet) -> Result<()> {
+    let field = match (s.original_size, s.crop) {
+        (None, None) => return Ok(()),
+        (Some(_), _) => "canvas.original_size",
+        (None, Some(_)) => "canvas.crop",
+    };
+    let bad = |message: String, fix: &str| Err(Error::input(&s.origin, Some(field), message, fix));
+    if !unet.takes_added_cond() {
+        return bad(
+            "the model has no size and crop conditioning (SDXL has)".into(),
+            "remove it, or render with an SDXL model",
+        );
+    }
+    if plan.windows.len() > 1 {
+        return bad(
+            format!(
+                "applies to a one-window render; this canvas has {} windows",
+                plan.windows.len()
+            ),
+            "remove it: on a canvas each window is told its own place (original size = the \
+             canvas, crop = its offset) automatically",
+        );
+    }
+    Ok(())
 }
 
 /// Planned windows with their blend weights.

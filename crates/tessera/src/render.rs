@@ -8,7 +8,7 @@ use crate::passes::{Denoiser, Guide, Hooks};
 use crate::report::PhaseReport;
 use crate::resume::{self, Checkpoint, Phase};
 use crate::{imageio, output, preview};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tessera_core::choices::SchedulerKind;
@@ -16,6 +16,7 @@ use tessera_core::{Observer, Result};
 use tessera_diffusion::autoencoder::Autoencoder;
 use tessera_diffusion::pass::PassState;
 use tessera_diffusion::Cond;
+use tessera_models::text::TextEncoders;
 use tessera_models::ModelDir;
 use tessera_nn::Runtime;
 use tessera_plan::budget::{self, Estimate, Fitted};
@@ -266,18 +267,16 @@ fn announce_budget(fitted: &Fitted, obs: &dyn Observer) {
     }
 }
 
-/// Encode each prompt as `[uncond(negative), cond(text)]`, then drop the text encoder.
+/// Encode each prompt as `[uncond(negative), cond(text)]`, then drop the text encoders.
 pub fn encode_prompts(model: &ModelDir, rt: &Runtime, prompts: &[TextPrompt]) -> Result<Vec<Cond>> {
-    let tokenizer = model.tokenizer()?;
-    let encoder = model.load_text_encoder(rt, rt.text_dtype())?;
+    let encoders = TextEncoders::load(model, rt)?;
     prompts
         .iter()
         .map(|p| {
-            let ids = vec![tokenizer.encode(&p.negative)?, tokenizer.encode(&p.text)?];
-            let ids = rt.to_device(&Tensor::new(ids, &tessera_nn::runtime::host())?)?;
+            let e = encoders.encode_pair(&p.negative, &p.text)?;
             Ok(Cond {
-                context: encoder.forward(&ids)?.to_dtype(DType::F32)?,
-                pooled: None,
+                context: e.context,
+                pooled: e.pooled,
                 guidance: p.guidance,
             })
         })

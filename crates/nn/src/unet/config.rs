@@ -59,8 +59,17 @@ pub struct UNetConfig {
     /// Latent side, or `[height, width]` for non-square models.
     #[serde(default)]
     pub sample_size: Option<crate::SampleSize>,
+    /// `"text_time"` (SDXL): pooled text and size/crop conditioning added to the time embedding.
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// Sinusoid width of each of the six `time_ids` numbers (SDXL: 256).
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    /// Input width of `add_embedding`: pooled text width + 6 * `addition_time_embed_dim`.
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
+    #[serde(default)]
+    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
     #[serde(default)]
     pub class_embed_type: Option<String>,
     #[serde(default)]
@@ -101,12 +110,34 @@ impl UNetConfig {
                 path,
                 Some(field),
                 what,
-                "tessera supports SD 1.x / 2.x / Turbo UNets; SDXL's added conditioning is not \
-                 implemented yet",
+                "tessera supports SD 1.x / 2.x / Turbo and SDXL UNets",
             ))
         };
-        if let Some(t) = &self.addition_embed_type {
-            return unsupported("addition_embed_type", format!("unsupported value {t:?}"));
+        match self.addition_embed_type.as_deref() {
+            None => {}
+            Some("text_time") if self.text_time_dims().is_none() => {
+                return Err(Error::input(
+                    path,
+                    Some("addition_time_embed_dim"),
+                    "addition_embed_type \"text_time\" without addition_time_embed_dim and \
+                     projection_class_embeddings_input_dim",
+                    "restore the config from the original SDXL model folder",
+                ));
+            }
+            Some("text_time") => {}
+            Some(t) => {
+                return unsupported("addition_embed_type", format!("unsupported value {t:?}"))
+            }
+        }
+        if self
+            .reverse_transformer_layers_per_block
+            .as_ref()
+            .is_some_and(|v| !v.is_null())
+        {
+            return unsupported(
+                "reverse_transformer_layers_per_block",
+                "per-layer up-block transformer depths".into(),
+            );
         }
         if let Some(t) = &self.class_embed_type {
             return unsupported("class_embed_type", format!("unsupported value {t:?}"));
@@ -147,6 +178,18 @@ impl UNetConfig {
             }
         }
         Ok(())
+    }
+
+    /// `(addition_time_embed_dim, projection_class_embeddings_input_dim)` of a `text_time`
+    /// UNet (SDXL), `None` for text-only UNets.
+    pub fn text_time_dims(&self) -> Option<(usize, usize)> {
+        match self.addition_embed_type.as_deref() {
+            Some("text_time") => Some((
+                self.addition_time_embed_dim?,
+                self.projection_class_embeddings_input_dim?,
+            )),
+            _ => None,
+        }
     }
 
     /// Heads per block, with diffusers' resolution of `num_attention_heads`/`attention_head_dim`.

@@ -1,4 +1,5 @@
-//! The denoising UNet (diffusers' `UNet2DConditionModel` for SD 1.x / 2.x), tessera's own code:
+//! The denoising UNet (diffusers' `UNet2DConditionModel` for SD 1.x / 2.x and SDXL), tessera's
+//! own code:
 //! candle-transformers' UNet uses the tanh GELU approximation in its GEGLU (diffusers uses the
 //! exact erf GELU), has no bounded-memory attention, and cannot stream its weights.
 //!
@@ -10,6 +11,7 @@
 
 mod config;
 mod embeddings;
+mod program;
 mod transformer;
 
 pub use crate::layers::DEFAULT_ATTENTION_BUDGET;
@@ -19,49 +21,16 @@ use crate::layers::resnet::{ResnetBlock, ResnetConfig};
 use crate::layers::{Conv2d, Fused, GroupNorm};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use embeddings::{sinusoidal, TimestepEmbedding};
+use embeddings::{sinusoidal, TextTimeEmbedding, TimestepEmbedding};
+use program::{Kind, LayerSpec};
 use transformer::{Transformer2D, TransformerConfig};
-
-/// What one layer is, without its weights: enough to build it and to keep the skips.
-#[derive(Debug, Clone)]
-struct LayerSpec {
-    kind: Kind,
-    /// Weight name prefix, e.g. `down_blocks.1.attentions.0`.
-    prefix: String,
-    /// Whether the output is pushed as a skip connection (down path).
-    push_skip: bool,
-}
-
-#[derive(Debug, Clone)]
-enum Kind {
-    Head,
-    /// `concat_skip`: the input is the running sample concatenated with a popped skip (up path).
-    Resnet {
-        cin: usize,
-        cout: usize,
-        concat_skip: bool,
-        output_scale: f64,
-    },
-    Attention {
-        channels: usize,
-        block: usize,
-    },
-    Downsample {
-        channels: usize,
-    },
-    /// Upsamples to the size the down path had at `level`.
-    Upsample {
-        channels: usize,
-        level: usize,
-    },
-    Tail,
-}
 
 /// One layer with its weights.
 enum Layer {
     Head {
         conv_in: Conv2d,
         time: TimestepEmbedding,
+        added: Option<TextTimeEmbedding>,
     },
     Resnet(ResnetBlock),
     Attention(Transformer2D),
@@ -75,6 +44,14 @@ enum Layer {
 enum Weights {
     Resident(Vec<Layer>),
     Streaming(VarBuilder<'static>),
+}
+
+/// SDXL's added conditioning for one call: pooled text embeddings (B, P) and the
+/// micro-conditioning `time_ids` (B, 6).
+#[derive(Clone, Copy)]
+pub struct AddedCond<'a> {
+    pub text_embeds: &'a Tensor,
+    pub time_ids: &'a Tensor,
 }
 
 pub struct UNet {
@@ -107,110 +84,6 @@ impl UNetConfig {
         }
     }
 
-    /// Weight-name prefixes of the forward pass's layers, in order ("" is the head: conv_in
-    /// and the time embedding).
-    pub fn layer_prefixes(&self) -> Vec<String> {
-        self.layer_specs().into_iter().map(|l| l.prefix).collect()
-    }
-
-    /// The layer sequence of the forward pass, in order.
-    fn layer_specs(&self) -> Vec<LayerSpec> {
-        let ch = &self.block_out_channels;
-        let n = ch.len();
-        let cross = |b: usize| self.down_block_types[b] == "CrossAttnDownBlock2D";
-        let mut out = Vec::new();
-        let mut push = |kind, prefix: String, push_skip| {
-            out.push(LayerSpec {
-                kind,
-                prefix,
-                push_skip,
-            })
-        };
-        push(Kind::Head, String::new(), true);
-        let mut skip_channels = vec![ch[0]];
-        for b in 0..n {
-            let p = format!("down_blocks.{b}");
-            for i in 0..self.layers_per_block {
-                let cin = if i == 0 {
-                    ch[b.saturating_sub(1)]
-                } else {
-                    ch[b]
-                };
-                let resnet = Kind::Resnet {
-                    cin,
-                    cout: ch[b],
-                    concat_skip: false,
-                    output_scale: 1.0,
-                };
-                push(resnet, format!("{p}.resnets.{i}"), !cross(b));
-                if cross(b) {
-                    let attn = Kind::Attention {
-                        channels: ch[b],
-                        block: b,
-                    };
-                    push(attn, format!("{p}.attentions.{i}"), true);
-                }
-                skip_channels.push(ch[b]);
-            }
-            if b + 1 < n {
-                let down = Kind::Downsample { channels: ch[b] };
-                push(down, format!("{p}.downsamplers.0.conv"), true);
-                skip_channels.push(ch[b]);
-            }
-        }
-        let top = ch[n - 1];
-        let mid_resnet = |i: usize| {
-            let kind = Kind::Resnet {
-                cin: top,
-                cout: top,
-                concat_skip: false,
-                output_scale: self.mid_block_scale_factor,
-            };
-            (kind, format!("mid_block.resnets.{i}"), false)
-        };
-        let (k, p, s) = mid_resnet(0);
-        push(k, p, s);
-        let attn = Kind::Attention {
-            channels: top,
-            block: n - 1,
-        };
-        push(attn, "mid_block.attentions.0".into(), false);
-        let (k, p, s) = mid_resnet(1);
-        push(k, p, s);
-        let mut prev = top;
-        for u in 0..n {
-            let b = n - 1 - u; // the down block this up block mirrors
-            let p = format!("up_blocks.{u}");
-            for i in 0..=self.layers_per_block {
-                let skip = skip_channels.pop().expect("one skip per up resnet");
-                let resnet = Kind::Resnet {
-                    cin: prev + skip,
-                    cout: ch[b],
-                    concat_skip: true,
-                    output_scale: 1.0,
-                };
-                push(resnet, format!("{p}.resnets.{i}"), false);
-                if cross(b) {
-                    let attn = Kind::Attention {
-                        channels: ch[b],
-                        block: b,
-                    };
-                    push(attn, format!("{p}.attentions.{i}"), false);
-                }
-                prev = ch[b];
-            }
-            if u + 1 < n {
-                let up = Kind::Upsample {
-                    channels: ch[b],
-                    level: n - 2 - u,
-                };
-                push(up, format!("{p}.upsamplers.0.conv"), false);
-            }
-        }
-        push(Kind::Tail, String::new(), false);
-        out
-    }
-
     /// Load one layer's weights.
     fn build(&self, vb: &VarBuilder, spec: &LayerSpec) -> Result<Layer> {
         let ch = &self.block_out_channels;
@@ -223,6 +96,13 @@ impl UNetConfig {
             Kind::Head => Layer::Head {
                 conv_in: Conv2d::same3(vb.pp("conv_in"), self.in_channels, ch[0])?,
                 time: TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], 4 * ch[0])?,
+                added: self
+                    .text_time_dims()
+                    .map(|dims| {
+                        let (flip, shift) = (self.flip_sin_to_cos, self.freq_shift);
+                        TextTimeEmbedding::new(vb.clone(), dims, 4 * ch[0], flip, shift)
+                    })
+                    .transpose()?,
             },
             &Kind::Resnet {
                 cin,
@@ -293,6 +173,23 @@ impl UNet {
 
     /// Noise prediction for `latents` (B,4,h,w) at `timestep` given text embeddings (B,77,C).
     pub fn forward(&self, latents: &Tensor, timestep: f64, text: &Tensor) -> Result<Tensor> {
+        self.forward_added(latents, timestep, text, None)
+    }
+
+    /// Whether the UNet takes [`AddedCond`] (SDXL's `text_time`).
+    pub fn takes_added_cond(&self) -> bool {
+        self.config.text_time_dims().is_some()
+    }
+
+    /// [`UNet::forward`] with SDXL's added conditioning, which a `text_time` UNet requires and
+    /// other UNets ignore.
+    pub fn forward_added(
+        &self,
+        latents: &Tensor,
+        timestep: f64,
+        text: &Tensor,
+        added_cond: Option<AddedCond>,
+    ) -> Result<Tensor> {
         let (_, _, h, w) = latents.dims4()?;
         // Sample size at each level of the down path, which the up path restores.
         let mut sizes = vec![(h, w)];
@@ -313,7 +210,14 @@ impl UNet {
                 }
             };
             x = match (layer, &spec.kind) {
-                (Layer::Head { conv_in, time }, _) => {
+                (
+                    Layer::Head {
+                        conv_in,
+                        time,
+                        added,
+                    },
+                    _,
+                ) => {
                     let c = &self.config;
                     let t = sinusoidal(
                         timestep,
@@ -322,7 +226,19 @@ impl UNet {
                         c.freq_shift,
                         x.device(),
                     )?;
-                    temb = time.forward(&t)?.to_dtype(x.dtype())?;
+                    temb = time.forward(&t)?;
+                    if let Some(added) = added {
+                        let cond = added_cond.ok_or_else(|| {
+                            candle_core::Error::Msg(
+                                "this UNet (addition_embed_type \"text_time\") needs pooled text \
+                                 embeddings and time_ids"
+                                    .into(),
+                            )
+                        })?;
+                        let aug = added.forward(cond.text_embeds, cond.time_ids)?;
+                        temb = temb.broadcast_add(&aug)?;
+                    }
+                    temb = temb.to_dtype(x.dtype())?;
                     conv_in.forward(&x)?
                 }
                 (Layer::Resnet(block), Kind::Resnet { concat_skip, .. }) => {

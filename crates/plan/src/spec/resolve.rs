@@ -205,6 +205,18 @@ pub fn resolve(spec: Option<(&Path, SpecFile)>, o: &Overrides) -> Result<Setting
         save_latents: o.save_latents.clone(),
         preview_every,
         resume: o.resume,
+        original_size: match o.original_size.or(c.original_size) {
+            Some([w, h]) if w == 0 || h == 0 => {
+                return Err(bad(
+                    "canvas.original_size",
+                    format!("{w}x{h} has a zero side"),
+                    "give the size the picture is said to come from, e.g. [1024, 1024]",
+                ))
+            }
+            v => v.map(|[w, h]| (w, h)),
+        },
+        crop: o.crop.or(c.crop).map(|[x, y]| (x, y)),
+        window_crops: !o.no_window_crops && c.window_crops.unwrap_or(true),
     })
 }
 

@@ -57,6 +57,14 @@ pub struct CanvasTable {
     pub attention_mib: Option<usize>,
     /// A memory budget such as "800M" or "2G": tessera picks settings that fit it.
     pub max_memory: Option<String>,
+    /// SDXL micro-conditioning of a one-window render: diffusers' `original_size`, `[w, h]`.
+    pub original_size: Option<[usize; 2]>,
+    /// SDXL micro-conditioning of a one-window render: diffusers' `crops_coords_top_left`,
+    /// as `[x, y]` in pixels.
+    pub crop: Option<[usize; 2]>,
+    /// SDXL on a canvas: tell each window where it sits (default true); false conditions
+    /// every window as a whole picture of its own size (crop `(0, 0)`), as other tools do.
+    pub window_crops: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
@@ -156,6 +164,9 @@ pub struct Overrides {
     pub max_memory: Option<String>,
     pub preview_every: Option<usize>,
     pub resume: bool,
+    pub original_size: Option<[usize; 2]>,
+    pub crop: Option<[usize; 2]>,
+    pub no_window_crops: bool,
 }
 
 /// A prompt with its negative and guidance scale.
@@ -262,6 +273,13 @@ pub struct Settings {
     /// Continue from the output's checkpoint; a checkpoint of another render is an error.
     /// (Without it a matching checkpoint is still continued: the bytes are the same.)
     pub resume: bool,
+    /// SDXL size conditioning of a one-window render `(w, h)` (`None`: the render's size).
+    pub original_size: Option<(usize, usize)>,
+    /// SDXL crop conditioning of a one-window render `(x, y)` (`None`: `(0, 0)`).
+    pub crop: Option<(usize, usize)>,
+    /// SDXL on a canvas: each window conditioned on its place in the canvas (else as a whole
+    /// picture of its own size).
+    pub window_crops: bool,
 }
 
 pub const DEFAULT_STEPS: usize = 30;

@@ -42,6 +42,9 @@ impl Settings {
                 stream_weights: Some(self.stream_weights),
                 attention_mib: Some(self.attention_budget >> 20),
                 max_memory: None,
+                original_size: self.original_size.map(|(w, h)| [w, h]),
+                crop: self.crop.map(|(x, y)| [x, y]),
+                window_crops: Some(self.window_crops),
             },
             prompt: self.background.as_ref().map(|p| PromptTable {
                 text: p.text.clone(),
