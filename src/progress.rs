@@ -1,5 +1,6 @@
 //! The terminal side of long work: progress bars drawn from the library's observer events, and
-//! Ctrl-C turned into the library's interrupt request.
+//! Ctrl-C (and SIGTERM, as a cluster sends before preempting a job) turned into the library's
+//! interrupt request.
 //!
 //! The first Ctrl-C asks the work to stop at the next UNet evaluation or VAE tile; nothing
 //! partial is written because outputs are only ever written whole. A second Ctrl-C exits.
