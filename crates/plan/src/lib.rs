@@ -9,6 +9,7 @@
 pub mod budget;
 pub mod machine;
 pub mod plan;
+mod relax;
 pub mod spec;
 pub mod validate;
 

@@ -10,11 +10,13 @@
 //! blending). The mid-block attention is exact over all pixels: its keys and values are
 //! gathered once, band by band, and every band of queries attends to all of them.
 
-use super::program::{AttentionBlock, Op, Sampling};
+mod attention;
+
+use super::program::{Op, Sampling};
 use super::store::{Scratch, Store};
 use super::{Decoder, Encoder, LatentDist};
-use crate::kernels::{self, flash};
-use crate::layers::{heads, Affine, Conv2d, Fused, GroupStats, ResnetBlock};
+use crate::layers::{Affine, Conv2d, Fused, GroupStats, ResnetBlock};
+use attention::attention;
 use candle_core::{Result, Tensor};
 use std::ops::Range;
 
@@ -165,82 +167,6 @@ fn resnet(
         residual: Some((x, r.shortcut.as_ref())),
     };
     seg2.run(&h, t, scratch)
-}
-
-/// A band (1, C, r, w) as tokens (r·w, C).
-fn tokens(band: &Tensor) -> Result<Tensor> {
-    let (_, c, h, w) = band.dims4()?;
-    band.reshape((c, h * w))?.t()?.contiguous()
-}
-
-/// Exact softmax attention over all pixels: keys and values gathered once, band by band;
-/// then every band of queries attends to all of them.
-fn attention(
-    a: &AttentionBlock,
-    x: &Store,
-    sx: &GroupStats,
-    t: &Tiling,
-    scratch: &Scratch,
-) -> Result<(Store, GroupStats)> {
-    let (c, h, w) = (x.c, x.h, x.w);
-    let norm = a.norm.affine_with(sx, false);
-    let rows = t.rows(h, w);
-    let bands: Vec<Range<usize>> = (0..h)
-        .step_by(rows)
-        .map(|r0| r0..(r0 + rows).min(h))
-        .collect();
-    let normed_tokens = |r: &Range<usize>| tokens(&norm.apply(&x.read_rows(r.clone())?)?);
-    let scale = a.scale()? as f32;
-    let flash = flash::applies() && kernels::usable(&x.read_rows(0..1)?);
-    // Keys and values of every pixel, held once.
-    let mut keys = flash.then(|| flash::Keys::new(c, h * w, scale));
-    let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
-    for r in &bands {
-        let toks = normed_tokens(r)?;
-        let (k, v) = (a.k.forward(&toks)?, a.v.forward(&toks)?);
-        match &mut keys {
-            Some(keys) => kernels::with_f32(&k, |ks| {
-                kernels::with_f32(&v, |vs| {
-                    for (j, (kr, vr)) in ks.chunks(c).zip(vs.chunks(c)).enumerate() {
-                        keys.set(r.start * w + j, kr, vr);
-                    }
-                })
-            })??,
-            None => {
-                all_k.push(k);
-                all_v.push(v);
-            }
-        }
-    }
-    let held = match keys {
-        Some(_) => None,
-        None => Some((
-            Tensor::cat(&all_k, 0)?.unsqueeze(0)?,
-            Tensor::cat(&all_v, 0)?.unsqueeze(0)?,
-        )),
-    };
-    let mut out = Store::new(c, h, w, scratch)?;
-    let mut stats = GroupStats::new(c);
-    for r in &bands {
-        tessera_core::interrupt::check_candle()?;
-        let xb = x.read_rows(r.clone())?;
-        let q = a.q.forward(&tokens(&norm.apply(&xb)?)?)?;
-        let n = q.dim(0)?;
-        let attended = match (&keys, &held) {
-            (Some(keys), _) => kernels::with_f32(&q, |qs| {
-                kernels::new_f32((n, c), |o| keys.attend_all(qs, o))
-            })??,
-            (None, Some((k, v))) => {
-                heads(&q.unsqueeze(0)?, k, v, 1, scale as f64, 64 << 20)?.squeeze(0)?
-            }
-            (None, None) => unreachable!("keys are held one way or the other"),
-        };
-        let y = a.out.forward(&attended)?;
-        let y = (y.t()?.reshape((1, c, r.len(), w))? + xb)?;
-        stats.add(&y)?;
-        out.write_rows(r.start, &y)?;
-    }
-    Ok((out, stats))
 }
 
 /// Where a band of a pass's output goes: `f(first_row, (1, C, rows, W))`, top to bottom.
