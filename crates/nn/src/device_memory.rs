@@ -63,16 +63,25 @@ pub fn free_bytes(rt: &Runtime) -> Option<u64> {
     Some(free_now(rt).unwrap_or(0))
 }
 
+/// The CUDA context of the runtime's device, which the driver is asked about.
+#[cfg(feature = "cuda")]
+fn cuda_context(
+    rt: &Runtime,
+) -> Option<std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaContext>> {
+    Some(
+        rt.device
+            .as_cuda_device()
+            .ok()?
+            .cuda_stream()
+            .context()
+            .clone(),
+    )
+}
+
 #[cfg(feature = "cuda")]
 fn free_now(rt: &Runtime) -> Option<u64> {
-    let context = rt
-        .device
-        .as_cuda_device()
-        .ok()?
-        .cuda_stream()
-        .context()
-        .clone();
-    context.mem_get_info().ok().map(|(free, _)| free as u64)
+    let (free, _) = cuda_context(rt)?.mem_get_info().ok()?;
+    Some(free as u64)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -84,13 +93,7 @@ type UsedFn = Box<dyn Fn() -> Option<u64> + Send>;
 
 #[cfg(feature = "cuda")]
 fn used_bytes_fn(rt: &Runtime) -> Option<UsedFn> {
-    let context = rt
-        .device
-        .as_cuda_device()
-        .ok()?
-        .cuda_stream()
-        .context()
-        .clone();
+    let context = cuda_context(rt)?;
     Some(Box::new(move || {
         let (free, total) = context.mem_get_info().ok()?;
         Some((total - free) as u64)

@@ -237,52 +237,15 @@ fn run(
         return each_stored_band(&x, &t, sink);
     };
     for op in ops {
-        let stats_of_input = || {
-            sx.as_ref().ok_or_else(|| {
-                candle_core::Error::Msg("a GroupNorm reads an output without statistics".into())
-            })
-        };
         let (y, sy) = match op {
-            Op::Conv {
-                pre,
-                conv,
-                sampling,
-            } => {
-                let pre = match pre {
-                    Some(norm) => Some(norm.affine_with(stats_of_input()?, true)),
-                    None => None,
-                };
-                let seg = Segment {
-                    pre,
-                    conv,
-                    kind: *sampling,
-                    residual: None,
-                };
-                seg.run(&x, &t, &scratch)?
-            }
-            Op::Resnet(r) => resnet(r, &x, stats_of_input()?, &t, &scratch)?,
-            Op::Attention(a) => attention(a, &x, stats_of_input()?, &t, &scratch)?,
+            Op::Conv { .. } => conv_segment(op, &sx)?.run(&x, &t, &scratch)?,
+            Op::Resnet(r) => resnet(r, &x, stats_of(&sx)?, &t, &scratch)?,
+            Op::Attention(a) => attention(a, &x, stats_of(&sx)?, &t, &scratch)?,
         };
         (x, sx) = (y, Some(sy));
     }
     match last {
-        Op::Conv {
-            pre,
-            conv,
-            sampling,
-        } => {
-            let pre = match pre {
-                Some(norm) => Some(norm.affine_with(stats_of(&sx)?, true)),
-                None => None,
-            };
-            let seg = Segment {
-                pre,
-                conv,
-                kind: *sampling,
-                residual: None,
-            };
-            seg.each_band(&x, &t, sink)
-        }
+        Op::Conv { .. } => conv_segment(last, &sx)?.each_band(&x, &t, sink),
         Op::Resnet(r) => {
             each_stored_band(&resnet(r, &x, stats_of(&sx)?, &t, &scratch)?.0, &t, sink)
         }
@@ -290,6 +253,27 @@ fn run(
             each_stored_band(&attention(a, &x, stats_of(&sx)?, &t, &scratch)?.0, &t, sink)
         }
     }
+}
+
+/// A convolution op as a segment, its GroupNorm (if any) with the statistics of its input.
+fn conv_segment<'a>(op: &'a Op, sx: &Option<GroupStats>) -> Result<Segment<'a>> {
+    let Op::Conv {
+        pre,
+        conv,
+        sampling,
+    } = op
+    else {
+        return Err(candle_core::Error::Msg("not a convolution".into()));
+    };
+    Ok(Segment {
+        pre: pre
+            .as_ref()
+            .map(|norm| Ok::<_, candle_core::Error>(norm.affine_with(stats_of(sx)?, true)))
+            .transpose()?,
+        conv,
+        kind: *sampling,
+        residual: None,
+    })
 }
 
 fn stats_of(sx: &Option<GroupStats>) -> Result<&GroupStats> {
