@@ -131,16 +131,6 @@ impl Precision {
         }
     }
 
-    /// What convolutional networks compute in on the CPU when this precision is asked for:
-    /// candle's CPU convolution has no bf16 kernel, so bf16 runs them in f32. Planning sizes
-    /// activations by it; the runtime picks dtypes by it.
-    pub fn cpu_conv(self) -> Precision {
-        match self {
-            Self::BF16 => Self::F32,
-            p => p,
-        }
-    }
-
     /// Bytes per value.
     pub fn size(self) -> usize {
         match self {

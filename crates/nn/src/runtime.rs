@@ -1,6 +1,6 @@
 //! The runtime: which device tensors live on and which dtype each component computes in.
-//! Every rule about precision lives here (and in [`Precision::cpu_conv`], which planning
-//! shares), so the networks, the engine and the render never decide it themselves.
+//! Every rule about precision lives here, so the networks, the engine and the render never
+//! decide it themselves.
 
 use candle_core::{DType, Device, Result, Tensor};
 use tessera_core::choices::{DeviceChoice, Precision};
@@ -25,6 +25,15 @@ pub fn dtype(p: Precision) -> DType {
         Precision::F32 => DType::F32,
         Precision::F16 => DType::F16,
         Precision::BF16 => DType::BF16,
+    }
+}
+
+/// The dtype a network whose weights are `weights` computes in on `device`: the CPU's kernels
+/// compute in f32 whatever the weights are stored in.
+pub fn compute_dtype(device: &Device, weights: DType) -> DType {
+    match device.is_cpu() {
+        true => DType::F32,
+        false => weights,
     }
 }
 
@@ -129,26 +138,30 @@ impl Runtime {
         dtype(self.precision)
     }
 
-    /// The dtype of the convolutional networks (UNet, VAE).
-    pub fn conv_dtype(&self) -> DType {
-        match self.device.is_cpu() {
-            true => dtype(self.precision.cpu_conv()),
-            false => dtype(self.precision),
-        }
+    /// The dtype the UNet's weights are stored in: the one asked for, on every device.
+    pub fn conv_weight_dtype(&self) -> DType {
+        dtype(self.precision)
     }
 
-    /// A line for the user when the convolutional networks cannot run at the precision asked.
+    /// The dtype the convolutional networks (UNet, VAE) compute in: on a GPU the one asked
+    /// for; on the CPU f32, tessera's kernels being f32 (half-precision weights are widened
+    /// per layer as they are used).
+    pub fn conv_dtype(&self) -> DType {
+        compute_dtype(&self.device, self.conv_weight_dtype())
+    }
+
+    /// A line for the user when the convolutional networks compute in another dtype than asked.
     pub fn conv_note(&self) -> Option<String> {
-        (self.conv_dtype() != dtype(self.precision)).then(|| {
+        (self.conv_dtype() != self.conv_weight_dtype()).then(|| {
             format!(
-                "note: {} convolutions are not available on the CPU; the UNet and VAE run in {}",
-                self.precision.name(),
-                self.precision.cpu_conv().name()
+                "note: on the CPU the UNet keeps its weights in {} and computes in f32",
+                self.precision.name()
             )
         })
     }
 
-    /// The VAE's dtype: f32 for VAEs marked `force_upcast` (SD 1.x/2.x), as diffusers does.
+    /// The VAE's dtype: f32 for VAEs marked `force_upcast` (SD 1.x/2.x), as diffusers does,
+    /// and on the CPU; else the precision asked for.
     pub fn vae_dtype(&self, force_upcast: bool) -> DType {
         match force_upcast {
             true => DType::F32,

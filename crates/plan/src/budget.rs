@@ -182,8 +182,9 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
     }
 }
 
+/// Bytes per UNet weight (activations are sized in f32: the CPU computes in f32).
 fn conv_dtype_bytes(s: &Settings) -> u64 {
-    s.precision.cpu_conv().size() as u64
+    s.precision.size() as u64
 }
 
 /// The UNet's own peak on one window: weights held, plus the larger of the window-resolution
@@ -199,11 +200,16 @@ fn unet_peak(m: &MemoryFacts, s: &Settings, bytes: u64, window: (usize, usize), 
         false => 0,
     };
     let top = (UNET_TOP_UNITS * unit as f64) as u64 + attention;
+    // On the CPU half-precision weights are widened to f32 per layer as it runs.
+    let widened = match m.device_free.is_none() && bytes < 4 {
+        true => m.unet_largest_layer_params * 4,
+        false => 0,
+    };
     let layer = m.unet_largest_layer_params * bytes;
     if s.stream_weights {
-        top.max((STREAMED_LAYER_COPIES * layer as f64) as u64)
+        top.max((STREAMED_LAYER_COPIES * layer as f64) as u64 + widened)
     } else {
-        m.unet_params * bytes + top.max(layer)
+        m.unet_params * bytes + top.max(layer + widened)
     }
 }
 

@@ -85,7 +85,7 @@ pub fn unet(
 ) -> Result<BenchReport> {
     let cfg = dir.unet_config()?;
     let dtype = rt.conv_dtype();
-    let unet = dir.load_unet(rt, dtype)?;
+    let unet = dir.load_unet(rt, rt.conv_weight_dtype())?;
     let mut rng = SeededNoise::new(0);
     let x = rt.to_device(
         &rng.noise(&(batch, 4, latent, latent).into())?
@@ -104,13 +104,17 @@ pub fn unet(
         None => None,
     };
     let at = Placement::whole((8 * latent, 8 * latent));
-    let notes = vec![format!("loaded UNet ({dtype:?}); RSS {}", mib(rss_bytes()))];
+    let weights = rt.conv_weight_dtype();
+    let notes = vec![format!(
+        "loaded UNet (weights {weights:?}, computing in {dtype:?}); RSS {}",
+        mib(rss_bytes())
+    )];
     let (times, peak_device_bytes) = time_runs(rt, repeat, || {
         unet.predict(&x, 500.0, &emb, pooled.as_ref(), std::slice::from_ref(&at))?;
         Ok(())
     })?;
     Ok(BenchReport {
-        what: format!("UNet forward ({batch},4,{latent},{latent}) {dtype:?}"),
+        what: format!("UNet forward ({batch},4,{latent},{latent}) {weights:?} weights"),
         times,
         peak_rss_bytes: peak_rss_bytes(),
         peak_device_bytes,

@@ -53,7 +53,7 @@ impl<'a> Denoiser<'a> {
         if let Some(note) = rt.conv_note() {
             observer.note(&note);
         }
-        let dtype = rt.conv_dtype();
+        let dtype = rt.conv_weight_dtype();
         let mut unet = match settings.stream_weights {
             true => model.load_unet_streaming(rt, dtype)?,
             false => model.load_unet(rt, dtype)?,

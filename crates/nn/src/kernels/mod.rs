@@ -60,6 +60,35 @@ pub fn new_f32(shape: impl Into<Shape>, fill: impl FnOnce(&mut [f32])) -> Result
     Tensor::from_vec(v, shape, &crate::runtime::host())
 }
 
+/// `w` in `dtype`: itself when it already is. On the CPU the UNet keeps f16/bf16 weights (half
+/// the memory and the streamed bytes) and computes in f32: those are widened here, per use, in
+/// parallel (`half`'s slice conversion, F16C where the CPU has it).
+pub fn in_dtype(w: &Tensor, dtype: DType) -> Result<Tensor> {
+    use half::slice::HalfFloatSliceExt;
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let narrow = matches!(w.dtype(), DType::F16 | DType::BF16);
+    if w.dtype() == dtype || !(w.device().is_cpu() && dtype == DType::F32 && narrow) {
+        return w.to_dtype(dtype);
+    }
+    let w = w.contiguous()?;
+    let (storage, layout) = w.storage_and_layout();
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("a contiguous tensor has contiguous offsets")
+    };
+    new_f32(w.shape().clone(), |out| match &*storage {
+        Storage::Cpu(CpuStorage::F16(v)) => out
+            .par_chunks_mut(CHUNK)
+            .zip(v[a..b].par_chunks(CHUNK))
+            .for_each(|(o, s)| s.convert_to_f32_slice(o)),
+        Storage::Cpu(CpuStorage::BF16(v)) => out
+            .par_chunks_mut(CHUNK)
+            .zip(v[a..b].par_chunks(CHUNK))
+            .for_each(|(o, s)| s.convert_to_f32_slice(o)),
+        _ => unreachable!("checked: a host f16 or bf16 tensor"),
+    })
+}
+
 /// A buffer of `n` values that its caller writes in full before reading: fresh pages are not
 /// zeroed first (zeroing was 10% of a UNet step).
 #[allow(clippy::uninit_vec)]

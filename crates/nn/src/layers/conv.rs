@@ -136,14 +136,15 @@ impl Conv2d {
 
     /// The convolution with the extras of `f`.
     pub fn forward_fused(&self, x: &Tensor, f: Fused) -> Result<Tensor> {
+        let weight = &kernels::in_dtype(&self.weight, x.dtype())?;
         let fast = kernels::usable(x)
-            && kernels::usable(&self.weight)
+            && kernels::usable(weight)
             && f.concat.is_none_or(kernels::usable)
             && f.per_channel.is_none_or(kernels::usable)
             && f.residual.is_none_or(kernels::usable);
         match fast {
-            true => self.kernel(x, &f),
-            false => self.composed(x, &f),
+            true => self.kernel(x, weight, &f),
+            false => self.composed(x, weight, &f),
         }
     }
 
@@ -156,7 +157,7 @@ impl Conv2d {
         }
     }
 
-    fn kernel(&self, x: &Tensor, f: &Fused) -> Result<Tensor> {
+    fn kernel(&self, x: &Tensor, weight: &Tensor, f: &Fused) -> Result<Tensor> {
         let (b, c1, h, w) = x.dims4()?;
         let c2 = f.concat.map(|c| c.dim(1)).transpose()?.unwrap_or(0);
         let cout = self.out_channels();
@@ -169,7 +170,7 @@ impl Conv2d {
             .map(|t| t.flatten_all()?.to_vec1::<f32>())
             .transpose()?;
         kernels::with_f32(x, |xs| {
-            kernels::with_f32(&self.weight, |weight| {
+            kernels::with_f32(weight, |weight| {
                 let with_concat = |cs: &[f32]| {
                     let with_residual = |rs: &[f32]| {
                         kernels::new_f32((b, cout, ho, wo), |out| {
@@ -217,7 +218,7 @@ impl Conv2d {
         })?
     }
 
-    fn composed(&self, x: &Tensor, f: &Fused) -> Result<Tensor> {
+    fn composed(&self, x: &Tensor, weight: &Tensor, f: &Fused) -> Result<Tensor> {
         let mut x = match f.concat {
             Some(c) => Tensor::cat(&[x, c], 1)?,
             None => x.clone(),
@@ -236,8 +237,9 @@ impl Conv2d {
             true => (x, t),
             false => (x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?, 0),
         };
-        let mut y = x.conv2d(&self.weight, pad, self.stride, 1, 1)?;
+        let mut y = x.conv2d(weight, pad, self.stride, 1, 1)?;
         if let Some(b) = &self.bias {
+            let b = b.to_dtype(y.dtype())?;
             y = y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?;
         }
         if let Some(p) = f.per_channel {

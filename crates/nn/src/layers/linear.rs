@@ -39,10 +39,14 @@ impl Linear {
 
     /// `x Wᵀ + b + residual`.
     pub fn forward_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let w = self.inner.weight();
+        let w = &kernels::in_dtype(self.inner.weight(), x.dtype())?;
         let fast = kernels::usable(x) && kernels::usable(w) && residual.is_none_or(kernels::usable);
         if !fast {
-            let y = self.inner.forward(x)?;
+            let b = match self.inner.bias() {
+                Some(b) => Some(b.to_dtype(x.dtype())?),
+                None => None,
+            };
+            let y = candle_nn::Linear::new(w.clone(), b).forward(x)?;
             return match residual {
                 Some(r) => y + r,
                 None => Ok(y),

@@ -4,9 +4,10 @@
 //! embedding and the bias start the first one's output, the shortcut starts the second's.
 
 use super::conv::{Conv2d, Fused};
+use super::linear::Linear;
 use super::norm::GroupNorm;
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
 
 pub struct ResnetConfig {
     pub groups: usize,
@@ -34,7 +35,7 @@ impl ResnetBlock {
             conv1: Conv2d::same3(vb.pp("conv1"), cin, cout)?,
             time_emb_proj: c
                 .temb
-                .map(|t| linear(t, cout, vb.pp("time_emb_proj")))
+                .map(|t| Linear::new(vb.pp("time_emb_proj"), t, cout, true))
                 .transpose()?,
             norm2: GroupNorm::new(vb.pp("norm2"), cout, c.groups, c.eps)?,
             conv2: Conv2d::same3(vb.pp("conv2"), cout, cout)?,

@@ -1,7 +1,8 @@
 //! The timestep embedding: sinusoidal projection (computed in f32 as diffusers does) and MLP.
 
-use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use crate::layers::linear::Linear;
+use candle_core::{Device, Result, Tensor};
+use candle_nn::VarBuilder;
 
 /// diffusers' `get_timestep_embedding` for one timestep: (1, channels).
 pub fn sinusoidal(
@@ -35,13 +36,14 @@ pub struct TimestepEmbedding {
 impl TimestepEmbedding {
     pub fn new(vb: VarBuilder, channels: usize, dim: usize) -> Result<Self> {
         Ok(Self {
-            linear_1: linear(channels, dim, vb.pp("linear_1"))?,
-            linear_2: linear(dim, dim, vb.pp("linear_2"))?,
+            linear_1: Linear::new(vb.pp("linear_1"), channels, dim, true)?,
+            linear_2: Linear::new(vb.pp("linear_2"), dim, dim, true)?,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.to_dtype(self.linear_1.weight().dtype())?;
+        let w = self.linear_1.weight();
+        let x = x.to_dtype(crate::runtime::compute_dtype(w.device(), w.dtype()))?;
         self.linear_2
             .forward(&candle_nn::ops::silu(&self.linear_1.forward(&x)?)?)
     }

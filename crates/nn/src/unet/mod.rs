@@ -56,7 +56,7 @@ pub struct AddedCond<'a> {
 
 pub struct UNet {
     pub config: UNetConfig,
-    /// The dtype the weights (and so the inputs) are in.
+    /// The dtype the UNet computes in (its inputs'): its weights' on a GPU, f32 on the CPU.
     pub dtype: candle_core::DType,
     layers: Vec<LayerSpec>,
     weights: Weights,
@@ -153,7 +153,7 @@ impl UNet {
             .collect::<Result<_>>()?;
         Ok(Self {
             config: cfg.clone(),
-            dtype: vb.dtype(),
+            dtype: crate::runtime::compute_dtype(vb.device(), vb.dtype()),
             layers,
             weights: Weights::Resident(built),
             attention_budget: DEFAULT_ATTENTION_BUDGET,
@@ -164,7 +164,7 @@ impl UNet {
     pub fn new_streaming(vb: VarBuilder<'static>, cfg: &UNetConfig) -> Self {
         Self {
             config: cfg.clone(),
-            dtype: vb.dtype(),
+            dtype: crate::runtime::compute_dtype(vb.device(), vb.dtype()),
             layers: cfg.layer_specs(),
             weights: Weights::Streaming(vb),
             attention_budget: DEFAULT_ATTENTION_BUDGET,
