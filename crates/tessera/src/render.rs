@@ -67,7 +67,15 @@ pub fn render_in(
     let ckpt = open_checkpoint(s, &writer, obs)?;
     let keys = Keys::of(s);
     session.begin(&keys);
-    let next_vae = keys.vae.is_some() && session.next.vae == keys.vae;
+    let kept = session.kept_for_next(&keys);
+    if !kept.is_empty() {
+        obs.note(&format!(
+            "kept loaded for the next render: {} (resident through this render, beyond the \
+             estimate)",
+            kept.join(", ")
+        ));
+    }
+    let next_vae = kept.contains(&"vae");
     let mut vae = Autoencoder::new(&model, &rt, s.tiles.vae)
         .with_scratch(s.vae_scratch)
         .with_halves(session.vae.take(keys.vae.as_ref()).unwrap_or_default())

@@ -172,6 +172,19 @@ impl Session {
         self.vae.keep_only(keys.vae.as_ref());
     }
 
+    /// The components a render of `keys` keeps loaded for the next render.
+    pub(crate) fn kept_for_next(&self, keys: &Keys) -> Vec<&'static str> {
+        let next = &self.next;
+        [
+            ("text encoders", &keys.text, &next.text),
+            ("unet", &keys.unet, &next.unet),
+            ("vae", &keys.vae, &next.vae),
+        ]
+        .into_iter()
+        .filter_map(|(name, key, next)| (key.is_some() && key == next).then_some(name))
+        .collect()
+    }
+
     /// After a render: drop whatever the next render will not use.
     pub(crate) fn settle(&mut self) {
         let next = self.next.clone();
