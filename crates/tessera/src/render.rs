@@ -19,7 +19,6 @@ use tessera_core::{Observer, Result};
 use tessera_diffusion::autoencoder::Autoencoder;
 use tessera_diffusion::pass::PassState;
 use tessera_diffusion::Cond;
-use tessera_models::text::TextEncoders;
 use tessera_models::ModelDir;
 use tessera_nn::Runtime;
 use tessera_plan::budget::{self, Estimate, Fitted};
@@ -166,14 +165,7 @@ impl Run<'_> {
         let (s, plan, obs) = (self.s, self.plan, self.obs);
         let key = self.keys.text.as_ref();
         let conds = phases.run("encode prompts", || {
-            let encoders = match session.text.take(key) {
-                Some(held) => held,
-                None => TextEncoders::load(self.model, self.rt)?,
-            };
-            let conds = encode_with(&encoders, &plan.prompts);
-            let wanted = session.next.text.clone();
-            session.text.put(key, wanted.as_ref(), encoders);
-            conds
+            session.encode_prompts(key, self.model, self.rt, &plan.prompts)
         })?;
         let key = self.keys.unet.as_ref();
         let held = session.unet.take(key);
@@ -311,22 +303,7 @@ fn announce_budget(fitted: &Fitted, obs: &dyn Observer) {
 
 /// Encode each prompt as `[uncond(negative), cond(text)]`, then drop the text encoders.
 pub fn encode_prompts(model: &ModelDir, rt: &Runtime, prompts: &[TextPrompt]) -> Result<Vec<Cond>> {
-    encode_with(&TextEncoders::load(model, rt)?, prompts)
-}
-
-/// Encode each prompt as `[uncond(negative), cond(text)]` with loaded encoders.
-fn encode_with(encoders: &TextEncoders, prompts: &[TextPrompt]) -> Result<Vec<Cond>> {
-    prompts
-        .iter()
-        .map(|p| {
-            let e = encoders.encode_pair(&p.negative, &p.text)?;
-            Ok(Cond {
-                context: e.context,
-                pooled: e.pooled,
-                guidance: p.guidance,
-            })
-        })
-        .collect()
+    Session::default().encode_prompts(None, model, rt, prompts)
 }
 
 /// PNG text chunks: the resolved spec (`tessera`), and A1111's `parameters` for PNG-info readers.

@@ -17,19 +17,24 @@
 //! - A render with a memory budget or streamed UNet weights has no keys: it takes nothing from
 //!   the session and leaves nothing in it, so its peak is a lone render's (a budgeted render
 //!   keeps its single-window peak; streamed weights are never held resident anyway).
+//! - The prompts' embeddings are kept with the text encoders: a next render of the very same
+//!   prompts (a spec's variations) takes them as they are and runs no text encoder.
 //! - Whatever the next render will not use is dropped when this one is done with it; the batch
 //!   then returns the freed memory to the kernel.
 //! - The last render of a batch, or a lone one (no next), drops everything at the usual times:
 //!   peak memory and load counts are those of a render without a session.
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
 use tessera_core::choices::{DeviceChoice, Precision};
 use tessera_core::Result;
 use tessera_diffusion::autoencoder::Halves;
+use tessera_diffusion::Cond;
 use tessera_models::text::TextEncoders;
+use tessera_models::ModelDir;
 use tessera_nn::unet::UNet;
 use tessera_nn::Runtime;
+use tessera_plan::spec::TextPrompt;
 use tessera_plan::Settings;
 
 /// What determines a component's weights.
@@ -120,6 +125,15 @@ impl<T> Slot<T> {
     }
 }
 
+/// A prompt pair as the text encoders made it.
+#[derive(Clone)]
+pub(crate) struct Embedded {
+    negative: String,
+    text: String,
+    context: Tensor,
+    pooled: Option<Tensor>,
+}
+
 /// The components a batch's renders hand on, and what the next render will need.
 #[derive(Default)]
 pub struct Session {
@@ -128,6 +142,8 @@ pub struct Session {
     /// What the next render needs (default: nothing follows, or it is not known).
     pub(crate) next: Keys,
     pub(crate) text: Slot<TextEncoders>,
+    /// The last render's prompts, under its text encoders' key.
+    pub(crate) embedded: Slot<Vec<Embedded>>,
     pub(crate) unet: Slot<UNet>,
     pub(crate) vae: Slot<Halves>,
 }
@@ -168,8 +184,64 @@ impl Session {
     /// Before a render of `keys`: drop whatever it will not use, before it loads anything.
     pub(crate) fn begin(&mut self, keys: &Keys) {
         self.text.keep_only(keys.text.as_ref());
+        self.embedded.keep_only(keys.text.as_ref());
         self.unet.keep_only(keys.unet.as_ref());
         self.vae.keep_only(keys.vae.as_ref());
+    }
+
+    /// Each prompt as `[uncond(negative), cond(text)]`: from the last render's embeddings
+    /// when it encoded every one of them, else by the text encoders (held, or loaded). The
+    /// encoders and embeddings stay for the next render if it shares them, else they go.
+    pub(crate) fn encode_prompts(
+        &mut self,
+        key: Option<&Key>,
+        model: &ModelDir,
+        rt: &Runtime,
+        prompts: &[TextPrompt],
+    ) -> Result<Vec<Cond>> {
+        let wanted = self.next.text.clone();
+        let cached = self.embedded.take(key).unwrap_or_default();
+        let find = |p: &TextPrompt| {
+            cached
+                .iter()
+                .find(|e| e.negative == p.negative && e.text == p.text)
+                .cloned()
+        };
+        let found = prompts.iter().map(find).collect::<Option<Vec<_>>>();
+        let embedded = match found.filter(|_| !prompts.is_empty()) {
+            Some(embedded) => embedded,
+            None => {
+                let encoders = match self.text.take(key) {
+                    Some(held) => held,
+                    None => TextEncoders::load(model, rt)?,
+                };
+                let embedded = prompts
+                    .iter()
+                    .map(|p| {
+                        let e = encoders.encode_pair(&p.negative, &p.text)?;
+                        Ok(Embedded {
+                            negative: p.negative.clone(),
+                            text: p.text.clone(),
+                            context: e.context,
+                            pooled: e.pooled,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                self.text.put(key, wanted.as_ref(), encoders);
+                embedded
+            }
+        };
+        let conds = prompts
+            .iter()
+            .zip(&embedded)
+            .map(|(p, e)| Cond {
+                context: e.context.clone(),
+                pooled: e.pooled.clone(),
+                guidance: p.guidance,
+            })
+            .collect();
+        self.embedded.put(key, wanted.as_ref(), embedded);
+        Ok(conds)
     }
 
     /// The components a render of `keys` keeps loaded for the next render.
@@ -232,6 +304,50 @@ mod tests {
         streamed.stream_weights = true;
         assert_eq!(Keys::of(&budget), Keys::default());
         assert_eq!(Keys::of(&streamed), Keys::default());
+    }
+
+    #[test]
+    fn the_same_prompts_take_the_last_embeddings_and_no_encoder() {
+        let s = settings();
+        let keys = Keys::of(&s);
+        let key = keys.text.as_ref();
+        let model = crate::facts::open_model(&s).unwrap();
+        let rt = Runtime::default();
+        let prompt = |text: &str, guidance| TextPrompt {
+            text: text.into(),
+            negative: "blurry".into(),
+            guidance,
+        };
+        let mut session = Session {
+            next: keys.clone(),
+            ..Default::default()
+        };
+        let first = session
+            .encode_prompts(key, &model, &rt, &[prompt("a sky", 7.5)])
+            .unwrap();
+        assert!(session.text.held() && session.embedded.held());
+        // Nothing follows: encoders taken now would be dropped; the embeddings serve instead.
+        session.next = Keys::default();
+        let again = session
+            .encode_prompts(key, &model, &rt, &[prompt("a sky", 3.0)])
+            .unwrap();
+        assert!(
+            session.text.held(),
+            "the encoders ran though the embeddings were there"
+        );
+        assert!(!session.embedded.held(), "kept for no next render");
+        assert_eq!(again[0].guidance, 3.0);
+        let diff = (&first[0].context - &again[0].context)
+            .unwrap()
+            .abs()
+            .unwrap();
+        assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        // A new prompt needs the encoders: the held ones, then dropped.
+        session
+            .encode_prompts(key, &model, &rt, &[prompt("a sea", 7.5)])
+            .unwrap();
+        assert!(!session.text.held());
+        assert_eq!(model.loads().get("text encoder"), Some(&1));
     }
 
     #[test]
