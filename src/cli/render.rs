@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tessera::check::CheckReport;
 use tessera::checking;
 use tessera::spec::{self, Overrides, SpecFile};
-use tessera::{Error, RenderReport, Result};
+use tessera::{Error, RenderReport, Result, Session};
 
 #[derive(Debug, Args)]
 pub struct RenderArgs {
@@ -163,6 +163,9 @@ fn parse_offset(text: &str) -> std::result::Result<[usize; 2], String> {
 }
 
 fn loads_line(loads: &std::collections::BTreeMap<&str, usize>) -> String {
+    if loads.is_empty() {
+        return "none (all kept from the previous render of the batch)".into();
+    }
     let parts: Vec<String> = loads.iter().map(|(m, n)| format!("{m} x{n}")).collect();
     parts.join(", ")
 }
@@ -205,7 +208,7 @@ fn has_variations(args: &RenderArgs, spec: &Path) -> bool {
 /// One spec (or flags alone): errors are the command's exit status.
 fn run_one(args: &RenderArgs) -> Result<()> {
     let spec = args.specs.first().map(PathBuf::as_path);
-    let Some((report, check)) = render_one(args, spec, None)? else {
+    let Some((report, check)) = render_one(args, spec, None, &mut Session::default())? else {
         return Ok(());
     };
     if args.json {
@@ -220,13 +223,12 @@ fn run_one(args: &RenderArgs) -> Result<()> {
     Ok(())
 }
 
-/// Render one spec (one of its variations, with `seed`) with its summary on stderr; `None`
-/// when `--resume` finds it complete.
-fn render_one(
+/// The settings of one spec (one of its variations, with `seed`) and the flags.
+fn settings_for(
     args: &RenderArgs,
     path: Option<&Path>,
     seed: Option<u64>,
-) -> Result<Option<(RenderReport, Option<CheckReport>)>> {
+) -> Result<tessera::spec::Settings> {
     let spec = match path {
         Some(path) => Some((path, SpecFile::load(path)?)),
         None => None,
@@ -237,13 +239,24 @@ fn render_one(
         overrides.out = Some(batch::variation_output(&output, seed));
         overrides.seed = Some(seed);
     }
-    let settings = spec::resolve(spec, &overrides)?;
+    spec::resolve(spec, &overrides)
+}
+
+/// Render one spec (one of its variations, with `seed`) with its summary on stderr, sharing
+/// models through `session`; `None` when `--resume` finds it complete.
+fn render_one(
+    args: &RenderArgs,
+    path: Option<&Path>,
+    seed: Option<u64>,
+    session: &mut Session,
+) -> Result<Option<(RenderReport, Option<CheckReport>)>> {
+    let settings = settings_for(args, path, seed)?;
     if args.resume && batch::is_complete(&settings.output) {
         eprintln!("{}: already complete, skipped", settings.output.display());
         return Ok(None);
     }
     install_interrupt_handler();
-    let report = match tessera::render(&settings, &Terminal::default()) {
+    let report = match tessera::render_in(session, &settings, &Terminal::default()) {
         Err(Error::Interrupted) => {
             let ckpt = tessera::resume::path_for(&settings.output);
             if ckpt.exists() {
@@ -304,12 +317,16 @@ fn run_batch(args: &RenderArgs) -> Result<()> {
     }
     let jobs = batch::jobs(&args.specs, args.seed.is_some(), args.shard)?;
     let (mut rendered, mut skipped, mut failed) = (0, 0, 0);
-    for job in &jobs {
+    // Consecutive renders of one model share it: the session keeps what the next render
+    // will use (and only that) from one render to the next.
+    let mut session = Session::default();
+    for (i, job) in jobs.iter().enumerate() {
+        session.expect_next(next_render(args, &jobs[i + 1..]).as_ref());
         let path = &job.spec;
         let seed = job.seed.map(|s| format!(" (seed {s})")).unwrap_or_default();
         eprintln!("== {}{seed}", path.display());
         let mut line = serde_json::json!({ "spec": path, "seed": job.seed });
-        match render_one(args, Some(path), job.seed) {
+        match render_one(args, Some(path), job.seed, &mut session) {
             Ok(Some((report, check))) if check.as_ref().is_none_or(|c| c.pass) => {
                 rendered += 1;
                 line["status"] = "rendered".into();
@@ -334,6 +351,7 @@ fn run_batch(args: &RenderArgs) -> Result<()> {
                 line["exit_code"] = e.exit_code().into();
             }
         }
+        line["models_held"] = session.held().into();
         batch::return_freed_memory();
         line["rss_bytes"] = batch::rss_bytes().into();
         if args.json {
@@ -348,4 +366,12 @@ fn run_batch(args: &RenderArgs) -> Result<()> {
         std::process::exit(failed.min(100));
     }
     Ok(())
+}
+
+/// The settings of the next job that will be rendered: the first that resolves and is not
+/// skipped as complete (a spec that fails to resolve loads nothing).
+fn next_render(args: &RenderArgs, jobs: &[batch::Job]) -> Option<tessera::spec::Settings> {
+    jobs.iter()
+        .filter_map(|job| settings_for(args, Some(&job.spec), job.seed).ok())
+        .find(|s| !(args.resume && batch::is_complete(&s.output)))
 }

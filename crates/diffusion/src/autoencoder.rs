@@ -16,8 +16,23 @@ pub trait VaeSource {
     fn load_vae_decoder(&self, rt: &Runtime, dtype: DType) -> Result<Decoder>;
 }
 
+/// The loaded halves of a VAE, handed by one render to the next when they share the weights.
+#[derive(Default)]
+pub struct Halves {
+    encoder: Option<Encoder>,
+    decoder: Option<(DType, Decoder)>,
+}
+
+impl Halves {
+    pub fn is_empty(&self) -> bool {
+        self.encoder.is_none() && self.decoder.is_none()
+    }
+}
+
 pub struct Autoencoder<'a> {
     source: &'a dyn VaeSource,
+    /// The halves outlive this render (a following one shares them): releasing keeps them.
+    keep: bool,
     rt: Runtime,
     /// Tile side in pixels; `None`: whole images.
     tile: Option<usize>,
@@ -33,6 +48,7 @@ impl<'a> Autoencoder<'a> {
         Self {
             source,
             rt: rt.clone(),
+            keep: false,
             tile,
             scratch: None,
             encoder: None,
@@ -44,6 +60,28 @@ impl<'a> Autoencoder<'a> {
     pub fn with_scratch(mut self, bytes: Option<u64>) -> Self {
         self.scratch = bytes;
         self
+    }
+
+    /// Start with halves an earlier render loaded from the same weights.
+    pub fn with_halves(mut self, halves: Halves) -> Self {
+        self.encoder = halves.encoder;
+        self.decoder = halves.decoder;
+        self
+    }
+
+    /// Hold the halves once loaded, even where this render alone would release them: a
+    /// following render shares them ([`Autoencoder::into_halves`]).
+    pub fn keep_loaded(mut self, keep: bool) -> Self {
+        self.keep = keep;
+        self
+    }
+
+    /// The halves loaded now, for the next render.
+    pub fn into_halves(self) -> Halves {
+        Halves {
+            encoder: self.encoder,
+            decoder: self.decoder,
+        }
     }
 
     fn tiled(&self, pixels: usize) -> Option<usize> {
@@ -145,12 +183,18 @@ impl<'a> Autoencoder<'a> {
         Ok(dec)
     }
 
+    /// Free the encoder (unless kept for a following render).
     pub fn release_encoder(&mut self) {
-        self.encoder = None;
+        if !self.keep {
+            self.encoder = None;
+        }
     }
 
+    /// Free the decoder (unless kept for a following render).
     pub fn release_decoder(&mut self) {
-        self.decoder = None;
+        if !self.keep {
+            self.decoder = None;
+        }
     }
 
     /// Which halves are loaded now: `(encoder, decoder)`.

@@ -19,6 +19,12 @@ pub fn open_model(s: &Settings) -> Result<ModelDir> {
     ModelDir::open_model(model_path(s), s.model_config.as_deref())?.with_loras(&s.loras)
 }
 
+/// The device the settings ask for, at their precision.
+pub fn open_runtime(s: &Settings) -> Result<Runtime> {
+    Runtime::open(s.device, s.precision)
+        .map_err(|e| Error::input(&s.origin, Some("canvas.device"), e.message, e.fix))
+}
+
 /// Native size and memory facts for planning, for a render on `rt`'s device.
 pub fn model_facts(dir: &ModelDir, rt: &Runtime) -> Result<ModelFacts> {
     let unet = dir.unet_config()?;

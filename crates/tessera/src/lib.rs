@@ -19,8 +19,10 @@ pub mod preview;
 pub mod render;
 pub mod report;
 pub mod resume;
+pub mod session;
 
-pub use render::{render, RenderReport};
+pub use render::{render, render_in, RenderReport};
+pub use session::Session;
 pub use tessera_check as check;
 pub use tessera_core::{choices, geometry, interrupt, units, Error, Observer, Quiet, Result};
 pub use tessera_diffusion::{autoencoder, guidance, mixture, noise, pass, scheduler};

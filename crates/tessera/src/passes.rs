@@ -42,21 +42,24 @@ pub struct Guide {
 }
 
 impl<'a> Denoiser<'a> {
-    /// Load the UNet (resident or streamed, as the settings say).
+    /// Load the UNet (resident or streamed, as the settings say), unless an earlier render of
+    /// a batch left it `held` (the same weights: see `session`).
     pub fn load(
         model: &ModelDir,
         rt: &'a Runtime,
         settings: &'a Settings,
         plan: &'a Plan,
         observer: &'a dyn Observer,
+        held: Option<UNet>,
     ) -> Result<Self> {
         if let Some(note) = rt.conv_note() {
             observer.note(&note);
         }
         let dtype = rt.conv_weight_dtype();
-        let mut unet = match settings.stream_weights {
-            true => model.load_unet_streaming(rt, dtype)?,
-            false => model.load_unet(rt, dtype)?,
+        let mut unet = match (held, settings.stream_weights) {
+            (Some(unet), _) => unet,
+            (None, true) => model.load_unet_streaming(rt, dtype)?,
+            (None, false) => model.load_unet(rt, dtype)?,
         };
         unet.attention_budget = settings.attention_budget;
         check_framing(settings, plan, &unet)?;

@@ -1,12 +1,15 @@
 //! The render, top-down: spec → plan → prompts → guide → canvas → decode → output. Each model
 //! lives only while needed (the text encoder for the prompts, the UNet until the decode, the VAE
 //! halves as the autoencoder says) and none is loaded twice, unless a memory budget trades a
-//! second read of the VAE decoder for its weights' room in the canvas pass.
+//! second read of the VAE decoder for its weights' room in the canvas pass. In a batch, a
+//! [`Session`] keeps what the next render shares instead (see [`crate::session`]).
 
+pub use crate::facts::open_runtime;
 use crate::facts::{model_facts, open_model};
 use crate::passes::{Denoiser, Guide, Hooks};
 use crate::report::PhaseReport;
 use crate::resume::{self, Checkpoint, Phase};
+use crate::session::{Keys, Session};
 use crate::{imageio, output, preview};
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -16,7 +19,6 @@ use tessera_core::{Observer, Result};
 use tessera_diffusion::autoencoder::Autoencoder;
 use tessera_diffusion::pass::PassState;
 use tessera_diffusion::Cond;
-use tessera_models::text::TextEncoders;
 use tessera_models::ModelDir;
 use tessera_nn::Runtime;
 use tessera_plan::budget::{self, Estimate, Fitted};
@@ -38,10 +40,21 @@ pub struct RenderReport {
     pub device: String,
 }
 
+/// A lone render: every model is dropped as soon as it is done with.
 pub fn render(settings: &Settings, obs: &dyn Observer) -> Result<RenderReport> {
+    render_in(&mut Session::default(), settings, obs)
+}
+
+/// A render of a batch: it takes the components `session` holds for it and leaves there those
+/// the next render shares (what that is, the batch told the session).
+pub fn render_in(
+    session: &mut Session,
+    settings: &Settings,
+    obs: &dyn Observer,
+) -> Result<RenderReport> {
     // 1. The model and the plan, fitted to the memory budget; the device.
     let model = open_model(settings)?;
-    let rt = open_runtime(settings)?;
+    let rt = session.runtime(settings)?;
     let fitted = budget::fit(settings, &model_facts(&model, &rt)?)?;
     announce_budget(&fitted, obs);
     let (s, plan) = (&fitted.settings, &fitted.plan);
@@ -51,7 +64,21 @@ pub fn render(settings: &Settings, obs: &dyn Observer) -> Result<RenderReport> {
     let kind = crate::facts::scheduler_kind(&model, s.scheduler)?;
     let writer = checkpoint_writer(s, &model, plan, kind)?;
     let ckpt = open_checkpoint(s, &writer, obs)?;
-    let mut vae = Autoencoder::new(&model, &rt, s.tiles.vae).with_scratch(s.vae_scratch);
+    let keys = Keys::of(s);
+    session.begin(&keys);
+    let kept = session.kept_for_next(&keys);
+    if !kept.is_empty() {
+        obs.note(&format!(
+            "kept loaded for the next render: {} (resident through this render, beyond the \
+             estimate)",
+            kept.join(", ")
+        ));
+    }
+    let next_vae = kept.contains(&"vae");
+    let mut vae = Autoencoder::new(&model, &rt, s.tiles.vae)
+        .with_scratch(s.vae_scratch)
+        .with_halves(session.vae.take(keys.vae.as_ref()).unwrap_or_default())
+        .keep_loaded(next_vae);
     // 2-5. Prompts, guide and canvas, unless a checkpoint says they are done.
     let (latents, guide) = match ckpt {
         Some(c) if c.phase == Phase::Decode => (rt.to_device(&c.state.latents)?, guide_picture(s)),
@@ -63,8 +90,9 @@ pub fn render(settings: &Settings, obs: &dyn Observer) -> Result<RenderReport> {
                 plan,
                 writer: &writer,
                 obs,
+                keys: &keys,
             };
-            let done = run.denoise(&mut vae, &mut phases, ckpt.as_ref())?;
+            let done = run.denoise(session, &mut vae, &mut phases, ckpt.as_ref())?;
             let state = PassState {
                 next: s.steps,
                 latents: done.0.clone(),
@@ -94,7 +122,11 @@ pub fn render(settings: &Settings, obs: &dyn Observer) -> Result<RenderReport> {
             })
         })
     })?;
-    drop(vae);
+    let wanted = session.next.vae.clone();
+    session
+        .vae
+        .put(keys.vae.as_ref(), wanted.as_ref(), vae.into_halves());
+    session.settle();
     writer.finish()?;
     Ok(RenderReport {
         output: s.output.clone(),
@@ -116,22 +148,28 @@ struct Run<'r> {
     plan: &'r Plan,
     writer: &'r resume::Writer,
     obs: &'r dyn Observer,
+    keys: &'r Keys,
 }
 
 impl Run<'_> {
     /// Prompts, guide and canvas, from `ckpt` if given (checkpointing every step): the canvas
-    /// latents and the guide picture.
+    /// latents and the guide picture. The text encoders and the UNet come from `session` when
+    /// it holds them, and go back to it when the next render shares them.
     fn denoise(
         &self,
+        session: &mut Session,
         vae: &mut Autoencoder,
         phases: &mut PhaseReport,
         ckpt: Option<&Checkpoint>,
     ) -> Result<(Tensor, Option<PathBuf>)> {
         let (s, plan, obs) = (self.s, self.plan, self.obs);
+        let key = self.keys.text.as_ref();
         let conds = phases.run("encode prompts", || {
-            encode_prompts(self.model, self.rt, &plan.prompts)
+            session.encode_prompts(key, self.model, self.rt, &plan.prompts)
         })?;
-        let denoiser = Denoiser::load(self.model, self.rt, s, plan, obs)?;
+        let key = self.keys.unet.as_ref();
+        let held = session.unet.take(key);
+        let denoiser = Denoiser::load(self.model, self.rt, s, plan, obs, held)?;
         let guide_step = |state: &PassState| {
             let ckpt = Checkpoint {
                 phase: Phase::Guide,
@@ -183,6 +221,8 @@ impl Run<'_> {
         let latents = phases.run("canvas denoise", || {
             denoiser.canvas(&conds, guide.as_ref(), vae, hooks)
         })?;
+        let wanted = session.next.unet.clone();
+        session.unet.put(key, wanted.as_ref(), denoiser.unet);
         Ok((latents, guide.and_then(|g| g.picture)))
     }
 }
@@ -245,12 +285,6 @@ fn open_checkpoint(
     }
 }
 
-/// The device the settings ask for, at their precision.
-pub fn open_runtime(s: &Settings) -> Result<Runtime> {
-    Runtime::open(s.device, s.precision)
-        .map_err(|e| tessera_core::Error::input(&s.origin, Some("canvas.device"), e.message, e.fix))
-}
-
 /// Say what `--max-memory` chose, and make freed memory go back to the kernel at once.
 fn announce_budget(fitted: &Fitted, obs: &dyn Observer) {
     let s = &fitted.settings;
@@ -269,18 +303,7 @@ fn announce_budget(fitted: &Fitted, obs: &dyn Observer) {
 
 /// Encode each prompt as `[uncond(negative), cond(text)]`, then drop the text encoders.
 pub fn encode_prompts(model: &ModelDir, rt: &Runtime, prompts: &[TextPrompt]) -> Result<Vec<Cond>> {
-    let encoders = TextEncoders::load(model, rt)?;
-    prompts
-        .iter()
-        .map(|p| {
-            let e = encoders.encode_pair(&p.negative, &p.text)?;
-            Ok(Cond {
-                context: e.context,
-                pooled: e.pooled,
-                guidance: p.guidance,
-            })
-        })
-        .collect()
+    Session::default().encode_prompts(None, model, rt, prompts)
 }
 
 /// PNG text chunks: the resolved spec (`tessera`), and A1111's `parameters` for PNG-info readers.
