@@ -21,6 +21,8 @@ fn sd15() -> ModelFacts {
             text_encoder_params: 123_060_480,
             unet_params: 859_520_964,
             unet_largest_layer_params: 49_164_800,
+            // up_blocks.1's first resnet conv1: 2560 -> 1280 channels, 3x3.
+            unet_largest_tensor_params: 29_491_200,
             unet_channels: 320,
             unet_heads: 8,
             vae_encoder_params: 34_163_664,

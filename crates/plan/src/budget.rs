@@ -44,6 +44,8 @@ pub struct MemoryFacts {
     pub unet_params: u64,
     /// Parameters of the largest single UNet layer (what a streamed UNet holds at once).
     pub unet_largest_layer_params: u64,
+    /// Parameters of the largest single UNet weight tensor (what the CPU widens at once).
+    pub unet_largest_tensor_params: u64,
     pub unet_channels: usize,
     pub unet_heads: usize,
     pub vae_encoder_params: u64,
@@ -200,9 +202,9 @@ fn unet_peak(m: &MemoryFacts, s: &Settings, bytes: u64, window: (usize, usize), 
         false => 0,
     };
     let top = (UNET_TOP_UNITS * unit as f64) as u64 + attention;
-    // On the CPU half-precision weights are widened to f32 per layer as it runs.
+    // On the CPU half-precision weights are widened to f32 one tensor at a time, as used.
     let widened = match m.device_free.is_none() && bytes < 4 {
-        true => m.unet_largest_layer_params * 4,
+        true => m.unet_largest_tensor_params * 4,
         false => 0,
     };
     let layer = m.unet_largest_layer_params * bytes;

@@ -35,7 +35,9 @@ pub fn model_facts(dir: &ModelDir, rt: &Runtime) -> Result<ModelFacts> {
     let mut per_layer = vec![0u64; prefixes.len()];
     let single = dir.single_file().is_some();
     let mut ldm_blocks: std::collections::HashMap<String, u64> = Default::default();
+    let mut largest_tensor = 0;
     for (name, _, n) in dir.weight_entries("unet", "diffusion_pytorch_model")?.1 {
+        largest_tensor = largest_tensor.max(n);
         if single {
             // LDM names: one input/output block is a resnet and its attention, about the
             // layers the streamed UNet loads one at a time.
@@ -65,6 +67,7 @@ pub fn model_facts(dir: &ModelDir, rt: &Runtime) -> Result<ModelFacts> {
                 + info.text_encoder_2.as_ref().map_or(0, |c| c.parameters),
             unet_params: info.unet.parameters,
             unet_largest_layer_params: per_layer.into_iter().max().unwrap_or(0),
+            unet_largest_tensor_params: largest_tensor,
             unet_channels: unet.block_out_channels[0],
             unet_heads: unet.heads(0),
             vae_encoder_params: vae_encoder,
