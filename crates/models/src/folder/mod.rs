@@ -4,6 +4,7 @@
 mod components;
 
 use crate::infer::{self, Inferred};
+use crate::infer_sdxl;
 use candle_core::DType;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -88,6 +89,7 @@ impl ModelDir {
                 "give a .safetensors file",
             )
         })?;
+        let sdxl = infer_sdxl::is_sdxl(&file);
         let mut dir = match config {
             Some(config) => Self::open_configs(config)?,
             None => Self {
@@ -95,11 +97,14 @@ impl ModelDir {
                 loads: Default::default(),
                 loras: None,
                 single: None,
-                inferred: Some(Arc::new(infer::infer(&file)?)),
+                inferred: Some(Arc::new(match sdxl {
+                    true => infer_sdxl::infer(&file)?,
+                    false => infer::infer(&file)?,
+                })),
             },
         };
         let has = |prefix: &str| file.shapes().any(|(n, _)| n.starts_with(prefix));
-        let text = has(ldm::SD1_TEXT_PREFIX) || has(ldm::SD2_TEXT_PREFIX);
+        let text = sdxl || has(ldm::SD1_TEXT_PREFIX) || has(ldm::SD2_TEXT_PREFIX);
         for (prefix, found) in [
             (ldm::UNET_PREFIX, has(ldm::UNET_PREFIX)),
             (ldm::VAE_PREFIX, has(ldm::VAE_PREFIX)),
@@ -109,10 +114,28 @@ impl ModelDir {
                 return Err(Error::input(
                     path,
                     Some(prefix),
-                    format!("no {prefix}* tensors: not an SD 1.x/2.x checkpoint in the LDM layout"),
-                    "give an SD 1.x/2.x .safetensors checkpoint (A1111 layout) or a diffusers folder",
+                    format!(
+                        "no {prefix}* tensors: not an SD 1.x/2.x/SDXL checkpoint in the LDM layout"
+                    ),
+                    "give an SD 1.x/2.x/SDXL .safetensors checkpoint (A1111 layout) or a \
+                     diffusers folder",
                 ));
             }
+        }
+        if dir.is_sdxl()? != sdxl {
+            let (file_is, config_is) = match sdxl {
+                true => ("an SDXL checkpoint", "not an SDXL folder"),
+                false => ("not an SDXL checkpoint", "an SDXL folder"),
+            };
+            return Err(Error::input(
+                path,
+                None,
+                format!(
+                    "{file_is}, but --config {} is {config_is}",
+                    dir.root.display()
+                ),
+                "give --config a diffusers folder of the checkpoint's own family",
+            ));
         }
         dir.single = Some(Arc::new(file));
         Ok(dir)
@@ -156,13 +179,7 @@ impl ModelDir {
             let prefix = match component {
                 "unet" => ldm::UNET_PREFIX,
                 "vae" => ldm::VAE_PREFIX,
-                _ if file
-                    .entries()
-                    .any(|(n, _, _)| n.starts_with(ldm::SD1_TEXT_PREFIX)) =>
-                {
-                    ldm::SD1_TEXT_PREFIX
-                }
-                _ => ldm::SD2_TEXT_PREFIX,
+                _ => text_prefix(file, component),
             };
             let entries = file
                 .entries()
@@ -289,7 +306,6 @@ impl ModelDir {
 
     /// Where `component` lives in a single-file checkpoint.
     fn ldm_part(&self, component: &str) -> Result<Part> {
-        let sd1_probe = format!("{}text_model.final_layer_norm.weight", ldm::SD1_TEXT_PREFIX);
         Ok(match component {
             "unet" => {
                 let cfg = self.unet_config()?;
@@ -305,14 +321,16 @@ impl ModelDir {
             "vae" => Part::Vae {
                 levels: self.vae_config()?.block_out_channels.len(),
             },
-            _ => match self.single.as_ref().map(|f| f.contains(&sd1_probe)) {
-                Some(false) => Part::OpenClip {
-                    prefix: ldm::SD2_TEXT_PREFIX.to_string(),
-                },
-                _ => Part::TextEncoder {
-                    prefix: ldm::SD1_TEXT_PREFIX.to_string(),
-                },
-            },
+            _ => {
+                let file = self.single.as_ref().ok_or_else(|| {
+                    Error::Other(format!("{component}: not a single-file checkpoint"))
+                })?;
+                let prefix = text_prefix(file, component).to_string();
+                match prefix.as_str() {
+                    ldm::SD2_TEXT_PREFIX | ldm::SDXL_TEXT2_PREFIX => Part::OpenClip { prefix },
+                    _ => Part::TextEncoder { prefix },
+                }
+            }
         })
     }
 
@@ -325,5 +343,17 @@ impl ModelDir {
                 "re-download it",
             )
         })
+    }
+}
+
+/// Where a single file keeps the text encoder `component` (`text_encoder`, or SDXL's
+/// `text_encoder_2`): SDXL's embedders, SD 1.x's CLIP or SD 2.x's OpenCLIP.
+fn text_prefix(file: &weights::WeightFile, component: &str) -> &'static str {
+    let has = |prefix: &str| file.entries().any(|(n, _, _)| n.starts_with(prefix));
+    match component {
+        "text_encoder_2" => ldm::SDXL_TEXT2_PREFIX,
+        _ if has(ldm::SDXL_TEXT_PREFIX) => ldm::SDXL_TEXT_PREFIX,
+        _ if has(ldm::SD1_TEXT_PREFIX) => ldm::SD1_TEXT_PREFIX,
+        _ => ldm::SD2_TEXT_PREFIX,
     }
 }
