@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "models/tiny-sdxl"
-OUT = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "tests/fixtures/single-sdxl/tiny-sdxl.safetensors"
+MODEL = REPO / "models/tiny-sdxl"
+OUT = REPO / "tests/fixtures/single-sdxl/tiny-sdxl.safetensors"
 
 
 def swap(name, table):
@@ -192,5 +192,7 @@ def verify():
 
 
 if __name__ == "__main__":
+    MODEL = Path(sys.argv[1]) if len(sys.argv) > 1 else MODEL
+    OUT = Path(sys.argv[2]) if len(sys.argv) > 2 else OUT
     convert()
     verify()

@@ -212,18 +212,30 @@ impl ModelDir {
             set.add(path, *weight)?;
         }
         // Folder weights name every module, so a LoRA for another model is caught here.
-        let components = if self.single.is_some() {
-            vec![]
-        } else {
-            vec![
-                ("unet", "diffusion_pytorch_model", lora::UNET),
-                ("text_encoder", "model", lora::TEXT_ENCODER),
-            ]
-        };
+        let sdxl = self.is_sdxl()?;
+        if !sdxl && set.touches(lora::TEXT_ENCODER_2) {
+            return Err(Error::input(
+                &loras[0].0,
+                Some(lora::TEXT_ENCODER_2),
+                "an SDXL LoRA (second text encoder), but the model is not SDXL",
+                "use a LoRA made for this model family",
+            ));
+        }
+        let mut components = vec![
+            ("unet", "diffusion_pytorch_model", lora::UNET),
+            ("text_encoder", "model", lora::TEXT_ENCODER),
+        ];
+        if sdxl {
+            components.push(("text_encoder_2", "model", lora::TEXT_ENCODER_2));
+        }
+        if self.single.is_some() {
+            components.clear();
+        }
         for (component, stem, prefix) in components {
             let path = self.weights(component, stem)?;
             let file = self.open_weights(&path)?;
-            set.check_targets(prefix, file.shapes().map(|(n, _)| n), &path)?;
+            let ldm = self.lora_ldm_names(component)?;
+            set.check_targets(prefix, file.shapes().map(|(n, _)| n), ldm.as_ref(), &path)?;
         }
         self.loras = Some(Arc::new(set));
         Ok(self)
@@ -293,15 +305,27 @@ impl ModelDir {
         let prefix = match component {
             "unet" => lora::UNET,
             "text_encoder" => lora::TEXT_ENCODER,
+            "text_encoder_2" => lora::TEXT_ENCODER_2,
             _ => "",
         };
         let source: Box<dyn SimpleBackend> = match &self.loras {
-            Some(set) if !prefix.is_empty() && set.touches(prefix) => {
-                Box::new(WithLora::new(source, set.clone(), prefix))
-            }
+            Some(set) if !prefix.is_empty() && set.touches(prefix) => Box::new(WithLora::new(
+                source,
+                set.clone(),
+                prefix,
+                self.lora_ldm_names(component)?,
+            )),
             _ => source,
         };
         Ok(VarBuilder::from_backend(source, dtype, rt.device.clone()))
+    }
+
+    /// The UNet's LDM layout, under whose names SDXL kohya LoRAs name its modules.
+    fn lora_ldm_names(&self, component: &str) -> Result<Option<Part>> {
+        match component {
+            "unet" => self.ldm_part("unet").map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// Where `component` lives in a single-file checkpoint.
