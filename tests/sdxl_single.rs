@@ -113,7 +113,7 @@ fn sdxl_architecture_is_read_from_the_shapes() {
     );
 }
 
-fn render(model: &Path, config: Option<&Path>, out: &Path) -> candle_core::Tensor {
+fn render(model: &Path, config: Option<&Path>, extra: &[&str], out: &Path) -> candle_core::Tensor {
     let latents = out.with_extension("safetensors");
     let mut args = vec![
         "render",
@@ -135,6 +135,7 @@ fn render(model: &Path, config: Option<&Path>, out: &Path) -> candle_core::Tenso
     if let Some(config) = config {
         args.extend(["--config", config.to_str().unwrap()]);
     }
+    args.extend(extra);
     let o = tessera(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     candle_core::safetensors::load(&latents, &candle_core::Device::Cpu).unwrap()["latents"].clone()
@@ -144,13 +145,17 @@ fn render(model: &Path, config: Option<&Path>, out: &Path) -> candle_core::Tenso
 fn sdxl_single_file_renders_what_the_folder_renders() {
     let tmp = tempfile::tempdir().unwrap();
     let (single, config) = (single_file(), tiny_sdxl_dir());
-    let folder = render(&config, None, &tmp.path().join("folder.png"));
-    let from_file = render(
-        &single,
-        Some(config.as_path()),
-        &tmp.path().join("single.png"),
-    );
+    let folder = render(&config, None, &[], &tmp.path().join("folder.png"));
+    let from_file = render(&single, Some(&config), &[], &tmp.path().join("single.png"));
     assert_eq!(max_abs_diff(&folder, &from_file), 0.0);
+    // Streamed from the file, layer by layer, the same.
+    let streamed = render(
+        &single,
+        Some(&config),
+        &["--stream-weights"],
+        &tmp.path().join("streamed.png"),
+    );
+    assert_eq!(max_abs_diff(&folder, &streamed), 0.0);
     assert!(max_abs(&folder) > 0.1, "the render produced latents");
     // The tiny model's widths (context 64 from 32 + 32 wide encoders, heads of 16) are not
     // SDXL base's, so its heads cannot be borrowed: without --config, exit 2 naming the file
