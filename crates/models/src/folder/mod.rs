@@ -213,13 +213,10 @@ impl ModelDir {
         }
         // Folder weights name every module, so a LoRA for another model is caught here.
         let sdxl = self.is_sdxl()?;
-        if !sdxl && set.touches(lora::TEXT_ENCODER_2) {
-            return Err(Error::input(
-                &loras[0].0,
-                Some(lora::TEXT_ENCODER_2),
-                "an SDXL LoRA (second text encoder), but the model is not SDXL",
-                "use a LoRA made for this model family",
-            ));
+        if !sdxl {
+            // No second text encoder: every module of one is refused, with its file.
+            let none = std::iter::empty();
+            set.check_targets(lora::TEXT_ENCODER_2, none, None, &self.root)?;
         }
         let mut components = vec![
             ("unet", "diffusion_pytorch_model", lora::UNET),
