@@ -220,7 +220,8 @@ enum Role {
     Alpha,
 }
 
-/// A PEFT tensor's component (`unet`, `text_encoder`) and module path, for its alpha.
+/// A PEFT tensor's component (`unet`, `text_encoder`, `text_encoder_2`) and module path, for
+/// its alpha.
 type PeftModule = (&'static str, String);
 
 /// The flat module names a weight `name` of a component may have in a LoRA: its diffusers
@@ -236,6 +237,16 @@ fn module_names(prefix: &str, name: &str, ldm: Option<&Part>) -> Vec<String> {
     });
     names.extend(ldm_module.map(|m| flat(prefix, &m)));
     names
+}
+
+/// A text-encoder module path as the model names it: transformers 5 drops CLIPTextModel's
+/// `text_model.` level, the checkpoints keep it (the projection sits beside it).
+fn text_model_path(path: &str) -> String {
+    if path.starts_with("text_model.") || path.starts_with("text_projection.") {
+        path.to_string()
+    } else {
+        format!("text_model.{path}")
+    }
 }
 
 /// A LoRA tensor name → (flat module name, role, PEFT (component, module path) if PEFT).
@@ -258,15 +269,9 @@ fn parse_key(key: &str) -> Option<(String, Role, Option<PeftModule>)> {
     let (component, prefix, rest) = if let Some(r) = key.strip_prefix("unet.") {
         ("unet", UNET, r.to_string())
     } else if let Some(r) = key.strip_prefix("text_encoder_2.") {
-        ("text_encoder_2", TEXT_ENCODER_2, r.to_string())
+        ("text_encoder_2", TEXT_ENCODER_2, text_model_path(r))
     } else if let Some(r) = key.strip_prefix("text_encoder.") {
-        // transformers 5 drops the `text_model.` level; the model's names keep it.
-        let r = if r.starts_with("text_model.") {
-            r.to_string()
-        } else {
-            format!("text_model.{r}")
-        };
-        ("text_encoder", TEXT_ENCODER, r)
+        ("text_encoder", TEXT_ENCODER, text_model_path(r))
     } else {
         return None;
     };
@@ -347,5 +352,46 @@ impl SimpleBackend for WithLora {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.inner.contains_tensor(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SDXL names as kohya's sd-scripts and diffusers write them (SDXL base's UNet layout).
+    #[test]
+    fn sdxl_module_names() {
+        let name = |key: &str| parse_key(key).unwrap().0;
+        let te = "text_model_encoder_layers_0_self_attn_q_proj";
+        assert_eq!(
+            name(&format!("lora_te1_{te}.alpha")),
+            format!("{TEXT_ENCODER}{te}")
+        );
+        for key in [
+            "text_encoder_2.encoder.layers.0.self_attn.q_proj.lora_A.weight",
+            "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight",
+        ] {
+            assert_eq!(name(key), format!("{TEXT_ENCODER_2}{te}"));
+        }
+        assert_eq!(
+            name("text_encoder_2.text_projection.lora_A.weight"),
+            "lora_te2_text_projection"
+        );
+        let sdxl = Part::Unet {
+            layers_per_block: 2,
+            up_attention: vec![true, true, false],
+        };
+        let w = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight";
+        assert_eq!(
+            module_names(UNET, w, Some(&sdxl)),
+            [
+                "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q",
+                "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+            ]
+        );
+        let w = "up_blocks.0.attentions.2.proj_out.weight";
+        assert!(module_names(UNET, w, Some(&sdxl))
+            .contains(&"lora_unet_output_blocks_2_1_proj_out".to_string()));
     }
 }
