@@ -3,9 +3,11 @@
 //! width, projections, text-encoder sizes); what shapes cannot tell (heads, native size,
 //! prediction type, scheduler) comes from the family's standard diffusers config, as
 //! diffusers' `from_single_file` takes it from the family's hub config. `--config` overrides.
+//! SDXL checkpoints: `infer_sdxl`, from the pieces here.
 
 use serde_json::{json, Value};
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use tessera_core::{Error, Result};
 use tessera_diffusion::scheduler::SchedulerConfig;
 use tessera_nn::ldm::{SD1_TEXT_PREFIX, SD2_TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX};
@@ -22,40 +24,61 @@ pub struct Inferred {
     pub scheduler: SchedulerConfig,
     /// The tokenizer's padding token (SD 2.x pads with "!", SD 1.x with the end token).
     pub pad_token: &'static str,
+    /// SDXL's second text encoder (its tokenizer pads with "!").
+    pub text_2: Option<clip::ClipTextConfig>,
+    /// `model_index.json`'s `force_zeros_for_empty_prompt` (SDXL base: true).
+    pub force_zeros_for_empty_prompt: bool,
 }
 
-struct Shapes<'a> {
-    file: &'a WeightFile,
+/// A checkpoint's tensor shapes by name, and its path for error messages.
+pub(crate) struct Shapes {
+    path: PathBuf,
+    shapes: HashMap<String, Vec<usize>>,
 }
 
-impl Shapes<'_> {
-    fn get(&self, key: &str) -> Option<Vec<usize>> {
-        self.file
-            .shapes()
-            .find(|(n, _)| *n == key)
-            .map(|(_, s)| s.to_vec())
+impl Shapes {
+    pub(crate) fn of(file: &WeightFile) -> Self {
+        Self::new(
+            file.path(),
+            file.shapes().map(|(n, s)| (n.to_string(), s.to_vec())),
+        )
     }
 
-    fn dim(&self, key: &str, i: usize) -> Result<usize> {
+    pub(crate) fn new(path: &Path, shapes: impl IntoIterator<Item = (String, Vec<usize>)>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            shapes: shapes.into_iter().collect(),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<Vec<usize>> {
+        self.shapes.get(key).cloned()
+    }
+
+    pub(crate) fn dim(&self, key: &str, i: usize) -> Result<usize> {
         self.get(key)
             .and_then(|s| s.get(i).copied())
             .ok_or_else(|| self.missing(key))
     }
 
-    fn has(&self, key: &str) -> bool {
+    pub(crate) fn has(&self, key: &str) -> bool {
         self.get(key).is_some()
     }
 
     /// How many `{prefix}{i}.{suffix}` exist, counting from 0.
-    fn count(&self, prefix: &str, suffix: &str) -> usize {
+    pub(crate) fn count(&self, prefix: &str, suffix: &str) -> usize {
         (0..)
             .take_while(|i| self.has(&format!("{prefix}{i}.{suffix}")))
             .count()
     }
 
-    fn missing(&self, key: &str) -> Error {
+    pub(crate) fn missing(&self, key: &str) -> Error {
         Error::input(
-            self.file.path(),
+            &self.path,
             Some(key),
             "the checkpoint lacks this tensor, so its architecture cannot be read",
             "give --config DIR, a diffusers folder of the checkpoint's architecture",
@@ -63,7 +86,11 @@ impl Shapes<'_> {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(path: &Path, what: &str, v: Value) -> Result<T> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    v: Value,
+) -> Result<T> {
     serde_json::from_value(v).map_err(|e| {
         Error::input(
             path,
@@ -93,7 +120,7 @@ pub fn infer(file: &WeightFile) -> Result<Inferred> {
         vae,
         text,
         sd2,
-    } = architecture(file)?;
+    } = shapes_architecture(&Shapes::of(file))?;
     let width = if sd2 { 1024 } else { 768 };
     if unet["cross_attention_dim"] != width || text["hidden_size"] != width {
         return Err(Error::input(
@@ -132,13 +159,18 @@ pub fn infer(file: &WeightFile) -> Result<Inferred> {
         text: parse(path, "text encoder", text)?,
         scheduler: parse(path, "scheduler", scheduler)?,
         pad_token: if sd2 { "!" } else { "<|endoftext|>" },
+        text_2: None,
+        force_zeros_for_empty_prompt: false,
     })
 }
 
 /// The config fields an SD 1.x / 2.x checkpoint's shapes determine.
 pub fn architecture(file: &WeightFile) -> Result<Architecture> {
-    let s = Shapes { file };
-    let path = file.path();
+    shapes_architecture(&Shapes::of(file))
+}
+
+fn shapes_architecture(s: &Shapes) -> Result<Architecture> {
+    let path = s.path();
     let sd2 = if s.has(&format!(
         "{SD1_TEXT_PREFIX}text_model.final_layer_norm.weight"
     )) {
@@ -150,12 +182,25 @@ pub fn architecture(file: &WeightFile) -> Result<Architecture> {
             path,
             None,
             "cannot tell the model family: neither an SD 1.x (cond_stage_model.transformer.*) \
-             nor an SD 2.x (cond_stage_model.model.*) text encoder (SDXL single files are not \
-             read yet)",
+             nor an SD 2.x (cond_stage_model.model.*) text encoder",
             "give --config DIR, a diffusers folder of the checkpoint's architecture",
         ));
     };
-    // The UNet: levels from the downsamplers, channels from each level's first resnet.
+    Ok(Architecture {
+        unet: unet_fields(s)?,
+        vae: vae_fields(s)?,
+        text: match sd2 {
+            // SD 2.x runs OpenCLIP's penultimate layer: one block fewer.
+            true => open_clip_fields(s, SD2_TEXT_PREFIX, 1)?,
+            false => clip_fields(s, SD1_TEXT_PREFIX)?,
+        },
+        sd2,
+    })
+}
+
+/// The UNet config fields the LDM UNet's shapes determine: levels from the downsamplers,
+/// channels from each level's first resnet.
+pub(crate) fn unet_fields(s: &Shapes) -> Result<Value> {
     let u = |k: &str| format!("{UNET_PREFIX}{k}");
     let first_down = (1..64)
         .find(|i| s.has(&u(&format!("input_blocks.{i}.0.op.weight"))))
@@ -199,7 +244,7 @@ pub fn architecture(file: &WeightFile) -> Result<Architecture> {
         .rev()
         .map(|&a| if a { "CrossAttnUpBlock2D" } else { "UpBlock2D" })
         .collect();
-    let unet = json!({
+    Ok(json!({
         "in_channels": s.dim(&u("input_blocks.0.0.weight"), 1)?,
         "out_channels": s.dim(&u("out.2.weight"), 0)?,
         "block_out_channels": channels,
@@ -208,14 +253,17 @@ pub fn architecture(file: &WeightFile) -> Result<Architecture> {
         "layers_per_block": layers_per_block,
         "cross_attention_dim": context,
         "use_linear_projection": linear_projection,
-    });
-    // The VAE.
+    }))
+}
+
+/// The VAE config fields its shapes determine (the SD 1.x/2.x scaling factor).
+pub(crate) fn vae_fields(s: &Shapes) -> Result<Value> {
     let v = |k: &str| format!("{VAE_PREFIX}{k}");
     let vae_levels = s.count(&v("encoder.down."), "block.0.conv1.weight");
     let vae_channels: Vec<usize> = (0..vae_levels)
         .map(|i| s.dim(&v(&format!("encoder.down.{i}.block.0.conv2.weight")), 0))
         .collect::<Result<_>>()?;
-    let vae = json!({
+    Ok(json!({
         "in_channels": s.dim(&v("encoder.conv_in.weight"), 1)?,
         "out_channels": s.dim(&v("decoder.conv_out.weight"), 0)?,
         "latent_channels": s.dim(&v("decoder.conv_in.weight"), 1)?,
@@ -223,37 +271,36 @@ pub fn architecture(file: &WeightFile) -> Result<Architecture> {
         "layers_per_block": s.count(&v("encoder.down.0.block."), "conv1.weight"),
         "scaling_factor": 0.18215,
         "force_upcast": true,
-    });
-    // The text encoder (SD 2.x runs OpenCLIP's penultimate layer: one block fewer).
-    let text = if sd2 {
-        let t = |k: &str| format!("{SD2_TEXT_PREFIX}{k}");
-        let hidden = s.dim(&t("token_embedding.weight"), 1)?;
-        json!({
-            "vocab_size": s.dim(&t("token_embedding.weight"), 0)?,
-            "hidden_size": hidden,
-            "intermediate_size": s.dim(&t("transformer.resblocks.0.mlp.c_fc.weight"), 0)?,
-            "num_hidden_layers": s.count(&t("transformer.resblocks."), "ln_1.weight").saturating_sub(1),
-            "num_attention_heads": hidden / 64,
-            "max_position_embeddings": s.dim(&t("positional_embedding"), 0)?,
-            "hidden_act": "gelu",
-        })
-    } else {
-        let t = |k: &str| format!("{SD1_TEXT_PREFIX}text_model.{k}");
-        let hidden = s.dim(&t("embeddings.token_embedding.weight"), 1)?;
-        json!({
-            "vocab_size": s.dim(&t("embeddings.token_embedding.weight"), 0)?,
-            "hidden_size": hidden,
-            "intermediate_size": s.dim(&t("encoder.layers.0.mlp.fc1.weight"), 0)?,
-            "num_hidden_layers": s.count(&t("encoder.layers."), "layer_norm1.weight"),
-            "num_attention_heads": hidden / 64,
-            "max_position_embeddings": s.dim(&t("embeddings.position_embedding.weight"), 0)?,
-            "hidden_act": "quick_gelu",
-        })
-    };
-    Ok(Architecture {
-        unet,
-        vae,
-        text,
-        sd2,
-    })
+    }))
+}
+
+/// A CLIP text encoder stored in the Hugging Face layout under `prefix`.
+pub(crate) fn clip_fields(s: &Shapes, prefix: &str) -> Result<Value> {
+    let t = |k: &str| format!("{prefix}text_model.{k}");
+    let hidden = s.dim(&t("embeddings.token_embedding.weight"), 1)?;
+    Ok(json!({
+        "vocab_size": s.dim(&t("embeddings.token_embedding.weight"), 0)?,
+        "hidden_size": hidden,
+        "intermediate_size": s.dim(&t("encoder.layers.0.mlp.fc1.weight"), 0)?,
+        "num_hidden_layers": s.count(&t("encoder.layers."), "layer_norm1.weight"),
+        "num_attention_heads": hidden / 64,
+        "max_position_embeddings": s.dim(&t("embeddings.position_embedding.weight"), 0)?,
+        "hidden_act": "quick_gelu",
+    }))
+}
+
+/// An OpenCLIP text encoder under `prefix`, less its last `drop` blocks (those diffusers
+/// configs leave out).
+pub(crate) fn open_clip_fields(s: &Shapes, prefix: &str, drop: usize) -> Result<Value> {
+    let t = |k: &str| format!("{prefix}{k}");
+    let hidden = s.dim(&t("token_embedding.weight"), 1)?;
+    Ok(json!({
+        "vocab_size": s.dim(&t("token_embedding.weight"), 0)?,
+        "hidden_size": hidden,
+        "intermediate_size": s.dim(&t("transformer.resblocks.0.mlp.c_fc.weight"), 0)?,
+        "num_hidden_layers": s.count(&t("transformer.resblocks."), "ln_1.weight").saturating_sub(drop),
+        "num_attention_heads": hidden / 64,
+        "max_position_embeddings": s.dim(&t("positional_embedding"), 0)?,
+        "hidden_act": "gelu",
+    }))
 }

@@ -4,6 +4,7 @@
 
 pub mod folder;
 pub mod infer;
+pub mod infer_sdxl;
 pub mod info;
 mod record;
 pub mod synth;

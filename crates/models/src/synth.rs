@@ -21,17 +21,17 @@ use tessera_nn::{clip, unet, vae};
 
 pub const ARCHES: &[&str] = &["tiny", "sd15", "sd21", "sdxl"];
 
-struct Arch {
-    unet: Value,
-    vae: Value,
-    text_encoder: Value,
+pub(crate) struct Arch {
+    pub(crate) unet: Value,
+    pub(crate) vae: Value,
+    pub(crate) text_encoder: Value,
     /// SDXL's second encoder (`CLIPTextModelWithProjection`, its tokenizer pads with `!`).
-    text_encoder_2: Option<Value>,
+    pub(crate) text_encoder_2: Option<Value>,
     scheduler: Value,
     pad_token: &'static str,
 }
 
-fn arch(name: &str) -> Result<Arch> {
+pub(crate) fn arch(name: &str) -> Result<Arch> {
     let read = |rel: &str| -> Result<Value> { read_json(&ModelDir::bundled_tiny().join(rel)) };
     let sd_vae = |size: usize| {
         json!({"_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],

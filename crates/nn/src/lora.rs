@@ -2,10 +2,13 @@
 //! weight as the loader produces it: `W' = W + Σ weight · alpha/rank · up @ down`. Merging at
 //! load time costs nothing per step and works the same for resident and streamed weights.
 //!
-//! Modules are keyed by kohya's flat name (`lora_unet_` / `lora_te_` + the module path with `.`
-//! turned into `_`). kohya names cannot be split back on `_`, so the lookup goes from the model
-//! side: the loader flattens the name it asks for, as A1111 does.
+//! Modules are keyed by kohya's flat name (`lora_unet_` / `lora_te_` / `lora_te2_` + the module
+//! path with `.` turned into `_`). kohya names cannot be split back on `_`, so the lookup goes
+//! from the model side: the loader flattens the name it asks for, as A1111 does. SDXL kohya
+//! files name UNet modules in the LDM layout (`lora_unet_input_blocks_4_1_…`) and the first
+//! text encoder `lora_te1_`: the UNet lookup also tries the LDM name of the module.
 
+use crate::ldm::{Part, UNET_PREFIX};
 use crate::runtime::host;
 use crate::weights::WeightFile;
 use candle_core::{DType, Device, Result, Shape, Tensor};
@@ -18,6 +21,10 @@ use tessera_core::Error;
 /// The component prefixes of the flat names.
 pub const UNET: &str = "lora_unet_";
 pub const TEXT_ENCODER: &str = "lora_te_";
+/// SDXL's second text encoder (kohya `lora_te2_`, PEFT `text_encoder_2.`).
+pub const TEXT_ENCODER_2: &str = "lora_te2_";
+/// kohya's name of SDXL's first text encoder, read as [`TEXT_ENCODER`].
+const KOHYA_TE1: &str = "lora_te1_";
 
 struct Module {
     down: Tensor,
@@ -92,8 +99,9 @@ impl LoraSet {
                     path,
                     &key,
                     "not a LoRA tensor name tessera knows",
-                    "use a kohya/A1111 (lora_unet_…/lora_te_… with lora_down/lora_up/alpha) or \
-                     diffusers/PEFT (unet.…/text_encoder.… with lora_A/lora_B) SD 1.x/2.x LoRA",
+                    "use a kohya/A1111 (lora_unet_…/lora_te_…/lora_te1_…/lora_te2_… with \
+                     lora_down/lora_up/alpha) or diffusers/PEFT (unet.…/text_encoder.…/\
+                     text_encoder_2.… with lora_A/lora_B) SD 1.x/2.x/SDXL LoRA",
                 )
             })?;
             let tensor = file
@@ -150,17 +158,19 @@ impl LoraSet {
     }
 
     /// Refuse modules of `prefix` that match no weight of the component (`weights`: its
-    /// tensor names): a LoRA made for another model would otherwise change nothing, silently.
+    /// tensor names; `ldm`: the UNet's LDM names, which SDXL kohya files use): a LoRA made
+    /// for another model would otherwise change nothing, silently.
     pub fn check_targets<'a>(
         &self,
         prefix: &str,
         weights: impl Iterator<Item = &'a str>,
+        ldm: Option<&Part>,
         component: &Path,
     ) -> tessera_core::Result<()> {
-        let known: HashSet<String> = weights
-            .filter_map(|w| w.strip_suffix(".weight"))
-            .map(|m| flat(prefix, m))
-            .collect();
+        let mut known = HashSet::new();
+        for w in weights {
+            known.extend(module_names(prefix, w, ldm));
+        }
         for (name, modules) in &self.modules {
             if name.starts_with(prefix) && !known.contains(name) {
                 return Err(input(
@@ -170,7 +180,7 @@ impl LoraSet {
                         "the LoRA module matches no weight of {}",
                         component.display()
                     ),
-                    "use a LoRA made for this model family (SD 1.x/2.x LoRAs in kohya or \
+                    "use a LoRA made for this model family (SD 1.x/2.x/SDXL LoRAs in kohya or \
                      diffusers naming)",
                 ));
             }
@@ -210,31 +220,58 @@ enum Role {
     Alpha,
 }
 
-/// A PEFT tensor's component (`unet`, `text_encoder`) and module path, for its alpha.
+/// A PEFT tensor's component (`unet`, `text_encoder`, `text_encoder_2`) and module path, for
+/// its alpha.
 type PeftModule = (&'static str, String);
+
+/// The flat module names a weight `name` of a component may have in a LoRA: its diffusers
+/// path, and with `ldm` its LDM path.
+fn module_names(prefix: &str, name: &str, ldm: Option<&Part>) -> Vec<String> {
+    let Some(module) = name.strip_suffix(".weight") else {
+        return vec![];
+    };
+    let mut names = vec![flat(prefix, module)];
+    let ldm_module = ldm.and_then(|p| p.key(name)).and_then(|k| {
+        let key = k.name.strip_prefix(UNET_PREFIX).unwrap_or(&k.name);
+        key.strip_suffix(".weight").map(str::to_string)
+    });
+    names.extend(ldm_module.map(|m| flat(prefix, &m)));
+    names
+}
+
+/// A text-encoder module path as the model names it: transformers 5 drops CLIPTextModel's
+/// `text_model.` level, the checkpoints keep it (the projection sits beside it).
+fn text_model_path(path: &str) -> String {
+    if path.starts_with("text_model.") || path.starts_with("text_projection.") {
+        path.to_string()
+    } else {
+        format!("text_model.{path}")
+    }
+}
 
 /// A LoRA tensor name → (flat module name, role, PEFT (component, module path) if PEFT).
 fn parse_key(key: &str) -> Option<(String, Role, Option<PeftModule>)> {
-    if key.starts_with(UNET) || key.starts_with(TEXT_ENCODER) {
+    let kohya = [UNET, TEXT_ENCODER, TEXT_ENCODER_2, KOHYA_TE1];
+    if kohya.iter().any(|p| key.starts_with(p)) {
         let (name, rest) = key.split_once('.')?;
+        let name = match name.strip_prefix(KOHYA_TE1) {
+            Some(module) => format!("{TEXT_ENCODER}{module}"),
+            None => name.to_string(),
+        };
         let role = match rest {
             "lora_down.weight" => Role::Down,
             "lora_up.weight" => Role::Up,
             "alpha" => Role::Alpha,
             _ => return None,
         };
-        return Some((name.to_string(), role, None));
+        return Some((name, role, None));
     }
     let (component, prefix, rest) = if let Some(r) = key.strip_prefix("unet.") {
         ("unet", UNET, r.to_string())
+    } else if let Some(r) = key.strip_prefix("text_encoder_2.") {
+        ("text_encoder_2", TEXT_ENCODER_2, text_model_path(r))
     } else if let Some(r) = key.strip_prefix("text_encoder.") {
-        // transformers 5 drops the `text_model.` level; the model's names keep it.
-        let r = if r.starts_with("text_model.") {
-            r.to_string()
-        } else {
-            format!("text_model.{r}")
-        };
-        ("text_encoder", TEXT_ENCODER, r)
+        ("text_encoder", TEXT_ENCODER, text_model_path(r))
     } else {
         return None;
     };
@@ -258,21 +295,30 @@ pub struct WithLora {
     inner: Box<dyn SimpleBackend>,
     loras: Arc<LoraSet>,
     prefix: &'static str,
+    /// The UNet's LDM layout, for modules named the LDM way (SDXL kohya files).
+    ldm: Option<Part>,
 }
 
 impl WithLora {
-    pub fn new(inner: Box<dyn SimpleBackend>, loras: Arc<LoraSet>, prefix: &'static str) -> Self {
+    pub fn new(
+        inner: Box<dyn SimpleBackend>,
+        loras: Arc<LoraSet>,
+        prefix: &'static str,
+        ldm: Option<Part>,
+    ) -> Self {
         Self {
             inner,
             loras,
             prefix,
+            ldm,
         }
     }
 
     /// The flat name of `name`'s module if a LoRA touches it.
     fn touched(&self, name: &str) -> Option<String> {
-        let module = flat(self.prefix, name.strip_suffix(".weight")?);
-        self.loras.modules.contains_key(&module).then_some(module)
+        module_names(self.prefix, name, self.ldm.as_ref())
+            .into_iter()
+            .find(|m| self.loras.modules.contains_key(m))
     }
 }
 
@@ -306,5 +352,46 @@ impl SimpleBackend for WithLora {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.inner.contains_tensor(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SDXL names as kohya's sd-scripts and diffusers write them (SDXL base's UNet layout).
+    #[test]
+    fn sdxl_module_names() {
+        let name = |key: &str| parse_key(key).unwrap().0;
+        let te = "text_model_encoder_layers_0_self_attn_q_proj";
+        assert_eq!(
+            name(&format!("lora_te1_{te}.alpha")),
+            format!("{TEXT_ENCODER}{te}")
+        );
+        for key in [
+            "text_encoder_2.encoder.layers.0.self_attn.q_proj.lora_A.weight",
+            "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight",
+        ] {
+            assert_eq!(name(key), format!("{TEXT_ENCODER_2}{te}"));
+        }
+        assert_eq!(
+            name("text_encoder_2.text_projection.lora_A.weight"),
+            "lora_te2_text_projection"
+        );
+        let sdxl = Part::Unet {
+            layers_per_block: 2,
+            up_attention: vec![true, true, false],
+        };
+        let w = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight";
+        assert_eq!(
+            module_names(UNET, w, Some(&sdxl)),
+            [
+                "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q",
+                "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+            ]
+        );
+        let w = "up_blocks.0.attentions.2.proj_out.weight";
+        assert!(module_names(UNET, w, Some(&sdxl))
+            .contains(&"lora_unet_output_blocks_2_1_proj_out".to_string()));
     }
 }

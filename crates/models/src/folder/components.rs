@@ -58,6 +58,9 @@ impl ModelDir {
     /// Whether this is an SDXL folder: a `text_time` UNet, with `text_encoder_2/` and
     /// `tokenizer_2/` beside the first encoder.
     pub fn is_sdxl(&self) -> Result<bool> {
+        if let Some(i) = &self.inferred {
+            return Ok(i.text_2.is_some());
+        }
         if self.unet_config()?.text_time_dims().is_none() {
             return Ok(false);
         }
@@ -75,15 +78,26 @@ impl ModelDir {
     }
 
     pub fn text_encoder_2_config(&self) -> Result<clip::ClipTextConfig> {
-        clip::ClipTextConfig::from_file(&self.path("text_encoder_2/config.json"))
+        match self.inferred.as_ref().and_then(|i| i.text_2.clone()) {
+            Some(cfg) => Ok(cfg),
+            None => clip::ClipTextConfig::from_file(&self.path("text_encoder_2/config.json")),
+        }
     }
 
     pub fn tokenizer_2(&self) -> Result<tokenizer::ClipTokenizer> {
-        tokenizer::ClipTokenizer::from_dir(&self.path("tokenizer_2"))
+        match &self.inferred {
+            // SDXL's second tokenizer is CLIP's, padding with "!".
+            Some(_) => tokenizer::ClipTokenizer::from_dir(&bundled("tiny-sd").join("tokenizer"))?
+                .with_pad_token("!"),
+            None => tokenizer::ClipTokenizer::from_dir(&self.path("tokenizer_2")),
+        }
     }
 
     /// `model_index.json`'s `force_zeros_for_empty_prompt` (false when absent).
     pub fn force_zeros_for_empty_prompt(&self) -> Result<bool> {
+        if let Some(i) = &self.inferred {
+            return Ok(i.force_zeros_for_empty_prompt);
+        }
         let path = self.path("model_index.json");
         if !path.is_file() {
             return Ok(false);

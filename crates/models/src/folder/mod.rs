@@ -4,6 +4,7 @@
 mod components;
 
 use crate::infer::{self, Inferred};
+use crate::infer_sdxl;
 use candle_core::DType;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -88,6 +89,7 @@ impl ModelDir {
                 "give a .safetensors file",
             )
         })?;
+        let sdxl = infer_sdxl::is_sdxl(&file);
         let mut dir = match config {
             Some(config) => Self::open_configs(config)?,
             None => Self {
@@ -95,11 +97,14 @@ impl ModelDir {
                 loads: Default::default(),
                 loras: None,
                 single: None,
-                inferred: Some(Arc::new(infer::infer(&file)?)),
+                inferred: Some(Arc::new(match sdxl {
+                    true => infer_sdxl::infer(&file)?,
+                    false => infer::infer(&file)?,
+                })),
             },
         };
         let has = |prefix: &str| file.shapes().any(|(n, _)| n.starts_with(prefix));
-        let text = has(ldm::SD1_TEXT_PREFIX) || has(ldm::SD2_TEXT_PREFIX);
+        let text = sdxl || has(ldm::SD1_TEXT_PREFIX) || has(ldm::SD2_TEXT_PREFIX);
         for (prefix, found) in [
             (ldm::UNET_PREFIX, has(ldm::UNET_PREFIX)),
             (ldm::VAE_PREFIX, has(ldm::VAE_PREFIX)),
@@ -109,10 +114,28 @@ impl ModelDir {
                 return Err(Error::input(
                     path,
                     Some(prefix),
-                    format!("no {prefix}* tensors: not an SD 1.x/2.x checkpoint in the LDM layout"),
-                    "give an SD 1.x/2.x .safetensors checkpoint (A1111 layout) or a diffusers folder",
+                    format!(
+                        "no {prefix}* tensors: not an SD 1.x/2.x/SDXL checkpoint in the LDM layout"
+                    ),
+                    "give an SD 1.x/2.x/SDXL .safetensors checkpoint (A1111 layout) or a \
+                     diffusers folder",
                 ));
             }
+        }
+        if dir.is_sdxl()? != sdxl {
+            let (file_is, config_is) = match sdxl {
+                true => ("an SDXL checkpoint", "not an SDXL folder"),
+                false => ("not an SDXL checkpoint", "an SDXL folder"),
+            };
+            return Err(Error::input(
+                path,
+                None,
+                format!(
+                    "{file_is}, but --config {} is {config_is}",
+                    dir.root.display()
+                ),
+                "give --config a diffusers folder of the checkpoint's own family",
+            ));
         }
         dir.single = Some(Arc::new(file));
         Ok(dir)
@@ -156,13 +179,7 @@ impl ModelDir {
             let prefix = match component {
                 "unet" => ldm::UNET_PREFIX,
                 "vae" => ldm::VAE_PREFIX,
-                _ if file
-                    .entries()
-                    .any(|(n, _, _)| n.starts_with(ldm::SD1_TEXT_PREFIX)) =>
-                {
-                    ldm::SD1_TEXT_PREFIX
-                }
-                _ => ldm::SD2_TEXT_PREFIX,
+                _ => text_prefix(file, component),
             };
             let entries = file
                 .entries()
@@ -195,18 +212,27 @@ impl ModelDir {
             set.add(path, *weight)?;
         }
         // Folder weights name every module, so a LoRA for another model is caught here.
-        let components = if self.single.is_some() {
-            vec![]
-        } else {
-            vec![
-                ("unet", "diffusion_pytorch_model", lora::UNET),
-                ("text_encoder", "model", lora::TEXT_ENCODER),
-            ]
-        };
+        let sdxl = self.is_sdxl()?;
+        if !sdxl {
+            // No second text encoder: every module of one is refused, with its file.
+            let none = std::iter::empty();
+            set.check_targets(lora::TEXT_ENCODER_2, none, None, &self.root)?;
+        }
+        let mut components = vec![
+            ("unet", "diffusion_pytorch_model", lora::UNET),
+            ("text_encoder", "model", lora::TEXT_ENCODER),
+        ];
+        if sdxl {
+            components.push(("text_encoder_2", "model", lora::TEXT_ENCODER_2));
+        }
+        if self.single.is_some() {
+            components.clear();
+        }
         for (component, stem, prefix) in components {
             let path = self.weights(component, stem)?;
             let file = self.open_weights(&path)?;
-            set.check_targets(prefix, file.shapes().map(|(n, _)| n), &path)?;
+            let ldm = self.lora_ldm_names(component)?;
+            set.check_targets(prefix, file.shapes().map(|(n, _)| n), ldm.as_ref(), &path)?;
         }
         self.loras = Some(Arc::new(set));
         Ok(self)
@@ -276,20 +302,31 @@ impl ModelDir {
         let prefix = match component {
             "unet" => lora::UNET,
             "text_encoder" => lora::TEXT_ENCODER,
+            "text_encoder_2" => lora::TEXT_ENCODER_2,
             _ => "",
         };
         let source: Box<dyn SimpleBackend> = match &self.loras {
-            Some(set) if !prefix.is_empty() && set.touches(prefix) => {
-                Box::new(WithLora::new(source, set.clone(), prefix))
-            }
+            Some(set) if !prefix.is_empty() && set.touches(prefix) => Box::new(WithLora::new(
+                source,
+                set.clone(),
+                prefix,
+                self.lora_ldm_names(component)?,
+            )),
             _ => source,
         };
         Ok(VarBuilder::from_backend(source, dtype, rt.device.clone()))
     }
 
+    /// The UNet's LDM layout, under whose names SDXL kohya LoRAs name its modules.
+    fn lora_ldm_names(&self, component: &str) -> Result<Option<Part>> {
+        match component {
+            "unet" => self.ldm_part("unet").map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// Where `component` lives in a single-file checkpoint.
     fn ldm_part(&self, component: &str) -> Result<Part> {
-        let sd1_probe = format!("{}text_model.final_layer_norm.weight", ldm::SD1_TEXT_PREFIX);
         Ok(match component {
             "unet" => {
                 let cfg = self.unet_config()?;
@@ -305,14 +342,16 @@ impl ModelDir {
             "vae" => Part::Vae {
                 levels: self.vae_config()?.block_out_channels.len(),
             },
-            _ => match self.single.as_ref().map(|f| f.contains(&sd1_probe)) {
-                Some(false) => Part::OpenClip {
-                    prefix: ldm::SD2_TEXT_PREFIX.to_string(),
-                },
-                _ => Part::TextEncoder {
-                    prefix: ldm::SD1_TEXT_PREFIX.to_string(),
-                },
-            },
+            _ => {
+                let file = self.single.as_ref().ok_or_else(|| {
+                    Error::Other(format!("{component}: not a single-file checkpoint"))
+                })?;
+                let prefix = text_prefix(file, component).to_string();
+                match prefix.as_str() {
+                    ldm::SD2_TEXT_PREFIX | ldm::SDXL_TEXT2_PREFIX => Part::OpenClip { prefix },
+                    _ => Part::TextEncoder { prefix },
+                }
+            }
         })
     }
 
@@ -325,5 +364,17 @@ impl ModelDir {
                 "re-download it",
             )
         })
+    }
+}
+
+/// Where a single file keeps the text encoder `component` (`text_encoder`, or SDXL's
+/// `text_encoder_2`): SDXL's embedders, SD 1.x's CLIP or SD 2.x's OpenCLIP.
+fn text_prefix(file: &weights::WeightFile, component: &str) -> &'static str {
+    let has = |prefix: &str| file.entries().any(|(n, _, _)| n.starts_with(prefix));
+    match component {
+        "text_encoder_2" => ldm::SDXL_TEXT2_PREFIX,
+        _ if has(ldm::SDXL_TEXT_PREFIX) => ldm::SDXL_TEXT_PREFIX,
+        _ if has(ldm::SD1_TEXT_PREFIX) => ldm::SD1_TEXT_PREFIX,
+        _ => ldm::SD2_TEXT_PREFIX,
     }
 }
