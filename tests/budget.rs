@@ -32,6 +32,7 @@ fn sd15() -> ModelFacts {
             // The estimate of candle's path (GPUs, CPUs without AVX-512): the larger one.
             attention_scores: true,
             device_free: None,
+            device_used: 0,
         },
     }
 }

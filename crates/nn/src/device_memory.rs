@@ -89,6 +89,12 @@ fn free_now(_: &Runtime) -> Option<u64> {
     None
 }
 
+/// The device memory in use now as the driver counts it (every user of the GPU, the context
+/// included): `None` on the CPU and where the driver cannot be asked.
+pub fn used_bytes(rt: &Runtime) -> Option<u64> {
+    used_bytes_fn(rt)?()
+}
+
 type UsedFn = Box<dyn Fn() -> Option<u64> + Send>;
 
 #[cfg(feature = "cuda")]

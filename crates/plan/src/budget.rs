@@ -60,6 +60,10 @@ pub struct MemoryFacts {
     /// On a GPU (the estimate is then of device memory), its memory free when planning began
     /// (0: the device cannot say); `None` on the CPU.
     pub device_free: Option<u64>,
+    /// On a GPU, what the device held when planning began, after a first kernel had run: the
+    /// CUDA context, loaded kernels and cuBLAS's workspace (about 0.7 GiB on an H200), and
+    /// any other process's memory. It replaces the CPU's process base in every phase.
+    pub device_used: u64,
 }
 
 /// What planning needs to know of a model, read from configs and weight headers (no weights).
@@ -126,6 +130,10 @@ impl std::fmt::Display for Estimate {
 
 /// The per-phase estimate of a planned render with these settings.
 pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
+    let base = match m.device_free {
+        Some(_) => m.device_used,
+        None => BASE,
+    };
     let unet_bytes = conv_dtype_bytes(s);
     let cfg = plan.prompts.iter().any(|p| p.guidance > 1.0);
     let unet = |window: (usize, usize)| unet_peak(m, s, unet_bytes, window, cfg);
@@ -138,7 +146,7 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
     let image = |w: usize, h: usize| (w * h * 3 * 4) as u64;
     let canvas_latents = (plan.width / 8 * plan.height / 8 * 4 * 4) as u64 * 8;
 
-    let encode_prompts = BASE
+    let encode_prompts = base
         + m.text_encoder_params * s.precision.size() as u64
         + plan.prompts.len() as u64 * 2 * 77 * 1024 * 4;
     // In one piece the decoded picture is held once (f32); the encoder holds its input and a
@@ -167,7 +175,7 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
             Some(_) => 0,
             None => unet((g.width, g.height)).max(decode_at(g.width, g.height)),
         };
-        BASE + canvas_latents + render.max(kept_decoder + encode_at(plan.width, plan.height))
+        base + canvas_latents + render.max(kept_decoder + encode_at(plan.width, plan.height))
     });
     // Image regions are encoded at the start of the canvas pass, before any UNet work.
     let regions = plan
@@ -179,8 +187,8 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
     Estimate {
         encode_prompts,
         guide_pass,
-        canvas_denoise: BASE + canvas_latents + kept_decoder + unet(plan.window).max(regions),
-        decode: BASE + canvas_latents + decode_at(plan.width, plan.height),
+        canvas_denoise: base + canvas_latents + kept_decoder + unet(plan.window).max(regions),
+        decode: base + canvas_latents + decode_at(plan.width, plan.height),
     }
 }
 
@@ -194,8 +202,13 @@ fn conv_dtype_bytes(s: &Settings) -> u64 {
 fn unet_peak(m: &MemoryFacts, s: &Settings, bytes: u64, window: (usize, usize), cfg: bool) -> u64 {
     let batch = if cfg { 2 } else { 1 } * s.window_group.max(1) as u64;
     let tokens = (window.0 / 8 * window.1 / 8) as u64;
-    let unit = batch * tokens * m.unet_channels as u64 * 4;
-    let scores = batch * m.unet_heads as u64 * tokens * tokens * 4;
+    // Activations are f32 on the CPU; a GPU computes in the precision asked for.
+    let act = match m.device_free {
+        Some(_) => s.precision.size() as u64,
+        None => 4,
+    };
+    let unit = batch * tokens * m.unet_channels as u64 * act;
+    let scores = batch * m.unet_heads as u64 * tokens * tokens * act;
     // Scores and their softmax are alive together, each within the attention budget.
     let attention = match m.attention_scores {
         true => 2 * scores.min(s.attention_budget as u64),

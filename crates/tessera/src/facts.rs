@@ -84,6 +84,7 @@ pub fn model_facts(dir: &ModelDir, rt: &Runtime) -> Result<ModelFacts> {
                 .unwrap_or(0),
             attention_scores: tessera_nn::layers::attention::materialises_scores(rt),
             device_free: tessera_nn::device_memory::free_bytes(rt),
+            device_used: device_in_use(rt)?,
         },
     })
 }
@@ -112,4 +113,25 @@ pub fn scheduler_kind(dir: &ModelDir, requested: Option<SchedulerKind>) -> Resul
     } else {
         kind
     })
+}
+
+/// What a GPU holds before the render loads anything, once a first convolution and matrix
+/// product have loaded their kernels and cuBLAS its workspace (0 on the CPU).
+fn device_in_use(rt: &Runtime) -> Result<u64> {
+    if rt.device.is_cpu() {
+        return Ok(0);
+    }
+    let warm = || -> candle_core::Result<()> {
+        let dtype = rt.conv_dtype();
+        let x = candle_core::Tensor::zeros((1, 8, 8, 8), dtype, &rt.device)?;
+        let k = candle_core::Tensor::zeros((8, 8, 3, 3), dtype, &rt.device)?;
+        let y = x.conv2d(&k, 1, 1, 1, 1)?.flatten_from(2)?;
+        y.matmul(&y.t()?)?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_scalar::<f32>()?;
+        Ok(())
+    };
+    warm()?;
+    Ok(tessera_nn::device_memory::used_bytes(rt).unwrap_or(0))
 }
