@@ -73,8 +73,11 @@ def unet_key(name, cfg):
     return f"output_blocks.{i * per + lpb}.{2 if up_attn[i] else 1}.conv." + ".".join(p[5:])
 
 
+# Older diffusers folders (and tessera's synthetic models) name the VAE's attention query/key/
+# value/proj_attn; both namings have one LDM form.
 VAE_MID_ATTN = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."),
-                ("to_out.0.", "proj_out.")]
+                ("to_out.0.", "proj_out."), ("query.", "q."), ("key.", "k."), ("value.", "v."),
+                ("proj_attn.", "proj_out.")]
 
 
 def vae_key(name, levels):

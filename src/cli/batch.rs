@@ -128,15 +128,6 @@ pub fn rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Give freed heap back to the kernel between specs (glibc keeps it otherwise).
-pub fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it is thread-safe in glibc.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -352,7 +352,7 @@ fn run_batch(args: &RenderArgs) -> Result<()> {
             }
         }
         line["models_held"] = session.held().into();
-        batch::return_freed_memory();
+        tessera::report::return_freed_memory();
         line["rss_bytes"] = batch::rss_bytes().into();
         if args.json {
             println!("{line}");
