@@ -135,5 +135,30 @@ pub fn run() -> Vec<Figure> {
             seconds,
         });
     }
+    // The VAE's mid-block attention: one head of 512 channels (quadratic in the picture).
+    let s = attention::Shape {
+        batch: 1,
+        n: 4096,
+        m: 4096,
+        heads: 1,
+        d: 512,
+    };
+    let (q, kk, v) = (values(4096 * 512), values(4096 * 512), values(4096 * 512));
+    let mut o = vec![0f32; 4096 * 512];
+    let gflop = 4.0 * 4096.0 * 4096.0 * 512.0 / 1e9;
+    let seconds = time(|| attention::attention(&q, &kk, &v, s, 0.044, 256 << 20, &mut o));
+    out.push(Figure {
+        what: "VAE mid attention 4096 tokens, 1x512 (gemm blocks)".into(),
+        gflop,
+        seconds,
+    });
+    if super::flash::applies() {
+        let seconds = time(|| super::flash::attention(&q, &kk, &v, s, 0.044, &mut o));
+        out.push(Figure {
+            what: "VAE mid attention 4096 tokens, 1x512 (flash)".into(),
+            gflop,
+            seconds,
+        });
+    }
     out
 }
