@@ -4,7 +4,6 @@
 //! it holds exactly the folder's tensors.
 
 mod common;
-use candle_core::DType;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -23,33 +22,14 @@ fn tessera(args: &[&str]) -> Output {
 
 #[test]
 fn sdxl_single_file_reads_the_folder_tensors() {
-    let rt = runtime();
     let folder = ModelDir::open(tiny_sdxl_dir()).unwrap();
     let single = ModelDir::open_model(single_file(), Some(&tiny_sdxl_dir())).unwrap();
     assert!(single.is_sdxl().unwrap());
-    let mut read = 0;
-    for (component, stem) in [
-        ("unet", "diffusion_pytorch_model"),
-        ("vae", "diffusion_pytorch_model"),
-        ("text_encoder", "model"),
-        ("text_encoder_2", "model"),
-    ] {
-        let (_, entries) = folder.weight_entries(component, stem).unwrap();
-        let a = folder
-            .var_builder(&rt, component, stem, DType::F32)
-            .unwrap();
-        let b = single
-            .var_builder(&rt, component, stem, DType::F32)
-            .unwrap();
-        for (name, _, _) in entries {
-            let want = a.get_unchecked(&name).unwrap();
-            let got = b
-                .get(want.shape(), &name)
-                .unwrap_or_else(|e| panic!("{component} {name}: {e}"));
-            assert_eq!(max_abs_diff(&got, &want), 0.0, "{component} {name}");
-            read += 1;
-        }
-    }
+    let read = tensors_read_equal(
+        &folder,
+        &single,
+        &["unet", "vae", "text_encoder", "text_encoder_2"],
+    );
     // Every folder tensor: 408 UNet, 180 VAE, 36 CLIP-L, 37 OpenCLIP (q, k, v sliced from
     // in_proj, text_projection transposed back).
     assert_eq!(read, 661);

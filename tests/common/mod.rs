@@ -112,3 +112,37 @@ pub fn assert_close(what: &str, got: &Tensor, reference: &Tensor, tol: f64) -> f
     );
     diff / scale
 }
+
+/// Reads every tensor of `components` of the folder through the single file's key map and
+/// asserts each equal to the folder's, bit for bit; returns how many were read.
+#[allow(dead_code)]
+pub fn tensors_read_equal(
+    folder: &tessera::models::ModelDir,
+    single: &tessera::models::ModelDir,
+    components: &[&str],
+) -> usize {
+    let rt = runtime();
+    let mut read = 0;
+    for &component in components {
+        let stem = match component {
+            "unet" | "vae" => "diffusion_pytorch_model",
+            _ => "model",
+        };
+        let (_, entries) = folder.weight_entries(component, stem).unwrap();
+        let a = folder
+            .var_builder(&rt, component, stem, DType::F32)
+            .unwrap();
+        let b = single
+            .var_builder(&rt, component, stem, DType::F32)
+            .unwrap();
+        for (name, _, _) in entries {
+            let want = a.get_unchecked(&name).unwrap();
+            let got = b
+                .get(want.shape(), &name)
+                .unwrap_or_else(|e| panic!("{component} {name}: {e}"));
+            assert_eq!(max_abs_diff(&got, &want), 0.0, "{component} {name}");
+            read += 1;
+        }
+    }
+    read
+}
