@@ -68,14 +68,64 @@ pub fn free_bytes(rt: &Runtime) -> Option<u64> {
 fn cuda_context(
     rt: &Runtime,
 ) -> Option<std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaContext>> {
+    device_context(&rt.device)
+}
+
+#[cfg(feature = "cuda")]
+fn device_context(
+    device: &candle_core::Device,
+) -> Option<std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaContext>> {
     Some(
-        rt.device
+        device
             .as_cuda_device()
             .ok()?
             .cuda_stream()
             .context()
             .clone(),
     )
+}
+
+/// Give the device memory that freed tensors leave in the driver's pool back to the device,
+/// so that it counts neither against this process's peak nor against other users of the GPU.
+///
+/// Why it is needed: candle allocates from CUDA's stream-ordered pool, whose freed memory is
+/// released only at a stream, event or context *synchronisation*; candle never synchronises
+/// (its reads back to the host are blocking copies, which do not count), so without this the
+/// pool keeps the high-water mark of the whole run (seen on an H200: a budgeted render stayed
+/// at its first phase's peak through every later phase). No-op on the CPU and on Metal.
+pub fn release_freed(device: &candle_core::Device) {
+    #[cfg(feature = "cuda")]
+    if let Ok(cuda) = device.as_cuda_device() {
+        use candle_core::cuda_backend::cudarc::driver::result;
+        let stream = cuda.cuda_stream();
+        // Errors here only mean the memory stays pooled: nothing to report.
+        if stream.synchronize().is_ok() {
+            let dev = stream.context().cu_device();
+            // SAFETY: `dev` is the live context's device; trimming releases only unused blocks.
+            unsafe {
+                if let Ok(pool) = result::device::get_mem_pool(dev) {
+                    let _ = result::mem_pool::trim_to(pool, 0);
+                }
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
+}
+
+/// With `TESSERA_DEVICE_TRACE` set, print the device memory in use at `label` (after
+/// [`release_freed`]) to stderr: where a phase's device peak comes from, step by step.
+pub fn trace(device: &candle_core::Device, label: &str) {
+    if device.is_cpu() || std::env::var_os("TESSERA_DEVICE_TRACE").is_none() {
+        return;
+    }
+    release_freed(device);
+    #[cfg(feature = "cuda")]
+    if let Some((free, total)) = device_context(device).and_then(|c| c.mem_get_info().ok()) {
+        eprintln!("device-trace {label}: {} MiB in use", (total - free) >> 20);
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = label;
 }
 
 #[cfg(feature = "cuda")]

@@ -97,6 +97,10 @@ impl PhaseReport {
         f: impl FnOnce() -> tessera_core::Result<T>,
     ) -> tessera_core::Result<T> {
         return_freed_memory();
+        if let Some(rt) = &self.device {
+            tessera_nn::device_memory::release_freed(&rt.device);
+            tessera_nn::device_memory::trace(&rt.device, &format!("{name} starts"));
+        }
         reset_peak();
         let watch = self
             .device

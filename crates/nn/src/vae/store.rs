@@ -18,6 +18,8 @@ use std::rc::Rc;
 #[derive(Clone)]
 pub struct Scratch {
     left: Rc<Cell<u64>>,
+    /// Whether a budget limits the stores (`None` given: no).
+    limited: bool,
     device: Device,
     dtype: DType,
 }
@@ -27,9 +29,21 @@ impl Scratch {
     pub fn new(ram: Option<u64>, like: &Tensor) -> Self {
         Self {
             left: Rc::new(Cell::new(ram.unwrap_or(u64::MAX))),
+            limited: ram.is_some(),
             device: like.device().clone(),
             dtype: like.dtype(),
         }
+    }
+
+    /// Between two layers: a pass under a budget gives the device memory its dropped stores
+    /// and bands leave pooled back to the device (see [`crate::device_memory::release_freed`]);
+    /// one without keeps it pooled for the next layer (faster). `label` names the layer for
+    /// `TESSERA_DEVICE_TRACE`.
+    pub fn between_layers(&self, label: &str) {
+        if self.limited {
+            crate::device_memory::release_freed(&self.device);
+        }
+        crate::device_memory::trace(&self.device, label);
     }
 
     fn take(&self, bytes: u64) -> bool {
