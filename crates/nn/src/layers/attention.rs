@@ -62,20 +62,46 @@ pub fn heads(
 /// softmax(q kᵀ · scale) v over (B, heads, n, d) tensors, a chunk of queries at a time so that
 /// at most `budget` bytes of f32 scores are alive. Returns v's dtype.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) -> Result<Tensor> {
-    let (b, h, n, _) = q.dims4()?;
-    let m = k.dim(2)?;
     let dtype = v.dtype();
-    let kt = k.to_dtype(DType::F32)?.t()?.contiguous()?;
-    let v32 = v.to_dtype(DType::F32)?;
-    let chunk = (budget / (4 * b * h * m).max(1)).clamp(1, n);
-    let mut parts = Vec::with_capacity(n.div_ceil(chunk));
-    for start in (0..n).step_by(chunk) {
-        let len = chunk.min(n - start);
-        let qc = (q.narrow(2, start, len)?.to_dtype(DType::F32)? * scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&qc.matmul(&kt)?)?;
-        parts.push(probs.matmul(&v32)?);
+    let keys = HeldKeys::new(k, v)?;
+    keys.attend(q, scale, budget)?.to_dtype(dtype)
+}
+
+/// Keys and values laid out for [`attend`] once (keys transposed, both f32), for callers
+/// that attend many query blocks to the same keys: the tiled VAE's mid-block attention held
+/// a transposed and a split copy of all keys per query band on a GPU, 0.8 GiB beyond its
+/// estimate for a 2048² image.
+pub struct HeldKeys {
+    /// (B, heads, d, m) f32, contiguous.
+    kt: Tensor,
+    /// (B, heads, m, d) f32.
+    v: Tensor,
+}
+
+impl HeldKeys {
+    /// `k`, `v` (B, heads, m, d); at most one extra copy of either is alive while building.
+    pub fn new(k: &Tensor, v: &Tensor) -> Result<Self> {
+        Ok(Self {
+            kt: k.to_dtype(DType::F32)?.t()?.contiguous()?,
+            v: v.to_dtype(DType::F32)?,
+        })
     }
-    Tensor::cat(&parts, 2)?.to_dtype(dtype)
+
+    /// [`attend`] of `q` (B, heads, n, d) to these keys, in f32.
+    pub fn attend(&self, q: &Tensor, scale: f64, budget: usize) -> Result<Tensor> {
+        let (b, h, n, _) = q.dims4()?;
+        let (kt, v32) = (&self.kt, &self.v);
+        let m = kt.dim(3)?;
+        let chunk = (budget / (4 * b * h * m).max(1)).clamp(1, n);
+        let mut parts = Vec::with_capacity(n.div_ceil(chunk));
+        for start in (0..n).step_by(chunk) {
+            let len = chunk.min(n - start);
+            let qc = (q.narrow(2, start, len)?.to_dtype(DType::F32)? * scale)?;
+            let probs = candle_nn::ops::softmax_last_dim(&qc.matmul(kt)?)?;
+            parts.push(probs.matmul(v32)?);
+        }
+        Tensor::cat(&parts, 2)
+    }
 }
 
 /// Attention of fixed queries (n, d) over keys and values given in blocks, exact: a running

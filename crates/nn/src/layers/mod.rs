@@ -7,7 +7,7 @@ pub mod linear;
 pub mod norm;
 pub mod resnet;
 
-pub use attention::{attend, heads, OnlineSoftmax, DEFAULT_ATTENTION_BUDGET};
+pub use attention::{attend, heads, HeldKeys, OnlineSoftmax, DEFAULT_ATTENTION_BUDGET};
 pub use conv::{Affine, Conv2d, Fused};
 pub use linear::Linear;
 pub use norm::{GroupNorm, GroupStats, LayerNorm};

@@ -40,8 +40,8 @@ pub struct AttentionBlock {
     pub out: Linear,
 }
 
-/// Bytes of attention scores alive at once in a whole-image VAE pass.
-const ATTENTION_BUDGET: usize = 64 << 20;
+/// Bytes of attention scores alive at once in a VAE pass (whole or per band of queries).
+pub(super) const ATTENTION_BUDGET: usize = 64 << 20;
 
 impl AttentionBlock {
     pub fn new(vb: VarBuilder, c: usize, groups: usize) -> Result<Self> {

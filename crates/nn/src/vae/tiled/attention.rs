@@ -4,8 +4,8 @@
 
 use super::{Scratch, Store, Tiling};
 use crate::kernels::{self, flash};
-use crate::layers::{heads, GroupStats};
-use crate::vae::program::AttentionBlock;
+use crate::layers::{GroupStats, HeldKeys};
+use crate::vae::program::{AttentionBlock, ATTENTION_BUDGET};
 use candle_core::{Result, Tensor};
 use std::ops::Range;
 
@@ -54,12 +54,15 @@ pub(super) fn attention(
             }
         }
     }
+    // (1, 1, tokens, C): one head. Each band list is dropped as soon as it is joined.
     let held = match keys {
         Some(_) => None,
-        None => Some((
-            Tensor::cat(&all_k, 0)?.unsqueeze(0)?,
-            Tensor::cat(&all_v, 0)?.unsqueeze(0)?,
-        )),
+        None => {
+            let join = |bands: Vec<Tensor>| Tensor::cat(&bands, 0)?.unsqueeze(0)?.unsqueeze(0);
+            let k = join(std::mem::take(&mut all_k))?;
+            let v = join(std::mem::take(&mut all_v))?;
+            Some(HeldKeys::new(&k, &v)?)
+        }
     };
     let mut out = Store::new(c, h, w, scratch)?;
     let mut stats = GroupStats::new(c);
@@ -72,8 +75,10 @@ pub(super) fn attention(
             (Some(keys), _) => kernels::with_f32(&q, |qs| {
                 kernels::new_f32((n, c), |o| keys.attend_all(qs, o))
             })??,
-            (None, Some((k, v))) => {
-                heads(&q.unsqueeze(0)?, k, v, 1, scale as f64, 64 << 20)?.squeeze(0)?
+            (None, Some(held)) => {
+                let q = q.unsqueeze(0)?.unsqueeze(0)?;
+                let y = held.attend(&q, scale as f64, ATTENTION_BUDGET)?;
+                y.squeeze(0)?.squeeze(0)?.to_dtype(q.dtype())?
             }
             (None, None) => unreachable!("keys are held one way or the other"),
         };
