@@ -2,7 +2,7 @@
 //! a shard killed mid-spec and run again redoes only what was missing; a failing spec does not
 //! stop a batch and the exit status counts the failures.
 
-mod common;
+use crate::common;
 
 use common::{tessera_bin, tiny_model_dir};
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! write exactly the bytes each spec alone writes; a change of model, or a render under a memory
 //! budget, loads again what it needs; resident memory does not grow across a batch of 10.
 
-mod common;
+use crate::common;
 
 use common::{repo_path, tessera_bin, tiny_model_dir};
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! Mixture-of-Diffusers parity with diffusers' community pipelines (fixtures f1, f2, f3):
 //! canvas regions, a tiling grid, and an image region, step by step.
 
-mod common;
+use crate::common;
 use candle_core::{DType, IndexOp, Tensor};
 use common::*;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Weight loading beyond a plain diffusers folder: LoRA files merged at load time (fixtures in
 //! tests/fixtures/lora, diffusers 0.42.1 + PEFT).
 
-mod common;
+use crate::common;
 use candle_core::{DType, Tensor};
 use common::*;
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! The `tessera` binary as scripts call it: parity through flags, and clear errors on bad input.
 
-mod common;
+use crate::common;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,6 +1,6 @@
 //! Tokenizer and CLIP text encoder parity with transformers (fixtures a_tokens, b_text_encoder).
 
-mod common;
+use crate::common;
 use candle_core::{DType, Tensor};
 use common::*;
 use tessera::models::ModelDir;

@@ -3,10 +3,10 @@
 //! image, and a fault put in on purpose (per-tile VAE GroupNorm) is caught.
 //!
 //! The golden image is `tests/fixtures/golden/demo.png`. To change it on purpose (a change
-//! that is meant to alter the picture), run `TESSERA_BLESS=1 cargo test --test e2e`, look at
+//! that is meant to alter the picture), run `TESSERA_BLESS=1 cargo test --test suite e2e::`, look at
 //! the new picture, and commit it with a message that says why it changed.
 
-mod common;
+use crate::common;
 use common::repo_path;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

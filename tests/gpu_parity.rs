@@ -7,6 +7,7 @@
 mod canvas_parity;
 #[path = "clip_parity.rs"]
 mod clip_parity;
+mod common;
 #[path = "txt2img_parity.rs"]
 mod txt2img_parity;
 #[path = "unet_parity.rs"]

@@ -2,7 +2,7 @@
 //! and resumed writes exactly the bytes of an uninterrupted run; a checkpoint of another
 //! render is refused; previews appear at their steps and leave the output unchanged.
 
-mod common;
+use crate::common;
 
 use common::{tessera_bin, tiny_model_dir};
 use std::path::{Path, PathBuf};

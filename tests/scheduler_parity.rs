@@ -1,6 +1,6 @@
 //! Each scheduler alone against diffusers (fixtures sched_*), step by step, in f32.
 
-mod common;
+use crate::common;
 use candle_core::IndexOp;
 use common::*;
 use tessera::models::ModelDir;

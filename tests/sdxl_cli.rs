@@ -2,7 +2,7 @@
 //! reproduced from the command line, per-window size and crop conditioning on a 2048² canvas
 //! with a guide, the micro-conditioning flags, and `model info`.
 
-mod common;
+use crate::common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -4,7 +4,7 @@
 //! `text_encoder_2.`, alpha in the metadata) merge into the same weights, and the UNet and both
 //! text encoders match diffusers at scales 1.0 and 0.6.
 
-mod common;
+use crate::common;
 use candle_core::{DType, Tensor};
 use common::*;
 use std::collections::HashMap;

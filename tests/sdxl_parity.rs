@@ -2,7 +2,7 @@
 //! (fixtures `tests/fixtures/reference-sdxl`): tokenizers, both text encoders, the UNet with
 //! its added conditioning, and the Euler txt2img step by step, in f32.
 
-mod common;
+use crate::common;
 use candle_core::{DType, IndexOp, Tensor};
 use common::*;
 use std::collections::HashMap;

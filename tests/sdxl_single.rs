@@ -3,7 +3,7 @@
 //! `tools/make_sdxl_single.py`, which proves with diffusers' `from_single_file(config=...)` that
 //! it holds exactly the folder's tensors.
 
-mod common;
+use crate::common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! Full txt2img parity with diffusers' StableDiffusionPipeline (fixtures e_txt2img_*), from the
 //! prompt text to the decoded image, checking every step to localise any divergence.
 
-mod common;
+use crate::common;
 use candle_core::{DType, IndexOp, Tensor};
 use common::*;
 use tessera::autoencoder::Autoencoder;

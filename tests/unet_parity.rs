@@ -1,6 +1,6 @@
 //! UNet forward parity with diffusers (fixture c_unet): two shapes, three timesteps, f32.
 
-mod common;
+use crate::common;
 use candle_core::DType;
 use common::*;
 use tessera::models::ModelDir;

@@ -1,6 +1,6 @@
 //! VAE parity with diffusers' AutoencoderKL (fixtures d_vae_decode, d_vae_encode), f32.
 
-mod common;
+use crate::common;
 use candle_core::DType;
 use common::*;
 use tessera::models::ModelDir;

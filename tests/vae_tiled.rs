@@ -2,7 +2,7 @@
 //! sizes, including ones that do not divide the image, beside a naive tiled decode (per-tile
 //! GroupNorm and attention, linear blending) to show what whole-image statistics buy.
 
-mod common;
+use crate::common;
 use candle_core::{DType, Tensor};
 use common::*;
 use tessera::models::ModelDir;
