@@ -18,7 +18,9 @@
 #  6. the poster under `--max-memory 2G`; the exact tiled 2048² VAE decode (stores in host RAM,
 #     then in VRAM); with GPU_CHECK_FULL the f32 UNet step, the whole 512² decode and PyTorch's
 #     VAE decodes (tools/torch_gpu_bench.py).
-# Env: GPU_CHECK_SHORT=1 (parity, GPU vs CPU, the 2048² render and its window only),
+# Env: GPU_CHECK_MEMORY=1 (memory checks only, see below), GPU_CHECK_STEPS="a b" (only the
+#      steps named), GPU_CHECK_TRACE=1 (TESSERA_DEVICE_TRACE on the 2G run),
+#      GPU_CHECK_SHORT=1 (parity, GPU vs CPU, the 2048² render and its window only),
 #      GPU_CHECK_FULL=1 (also the f32 UNet step, the whole 512² decode and PyTorch's decodes),
 #      GPU_CHECK_DEVICE (default cuda; `cpu` rehearses the script on a machine with no GPU),
 #      GPU_CHECK_BUNDLE (default target/gpu), GPU_CHECK_QUICK=1 (small sizes, for rehearsal).
@@ -64,6 +66,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 PEAK=0
 measured() { # name timeout cmd...
   local name=$1 limit=$2; shift 2
+  # GPU_CHECK_STEPS: only the steps named there (space-separated), e.g. a short second visit.
+  if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ " $GPU_CHECK_STEPS " != *" $name "* ]]; then return 1; fi
   # GPU_CHECK_DEADLINE: seconds after which no step starts (and none outlives it), so the
   # summary and the logs' archive are written before the visit's limit.
   local left=$(( ${GPU_CHECK_DEADLINE:-100000} - SECONDS ))
@@ -135,8 +139,12 @@ torch() { # name what
   grep "^torch-" "$OUT/$1.log" >>"$summary"
 }
 short() { [ "${GPU_CHECK_SHORT:-0}" = 1 ]; }
-short || bench bench-unet-f16 unet --dtype f16 --batch 2 --latent $L --repeat $REP
-if ! short && [ -x "$BIN/tessera-cudnn" ]; then
+# GPU_CHECK_MEMORY=1: the memory checks only (no UNet step benches, no PyTorch; cuDNN's binary
+# renders when the bundle has it).
+memory_only() { [ "${GPU_CHECK_MEMORY:-0}" = 1 ]; }
+memory_only && [ -x "$BIN/tessera-cudnn" ] && TESSERA=$BIN/tessera-cudnn
+memory_only || short || bench bench-unet-f16 unet --dtype f16 --batch 2 --latent $L --repeat $REP
+if ! memory_only && ! short && [ -x "$BIN/tessera-cudnn" ]; then
   plain=$TESSERA
   TESSERA=$BIN/tessera-cudnn bench bench-unet-f16-cudnn unet --dtype f16 --batch 2 --latent $L --repeat $REP
   mean() { grep -o "mean [0-9.]*" "$OUT/$1.log" | awk '{print $2}'; }
@@ -145,8 +153,8 @@ if ! short && [ -x "$BIN/tessera-cudnn" ]; then
   fi
   say "renders below use $(basename "$TESSERA") (faster UNet step); candle's: $(basename "$plain")"
 fi
-short || bench bench-unet-f16-x2 unet --dtype f16 --batch 4 --latent $L --repeat $REP
-short || torch torch-unet unet-512
+memory_only || short || bench bench-unet-f16-x2 unet --dtype f16 --batch 4 --latent $L --repeat $REP
+memory_only || short || torch torch-unet unet-512
 
 size=(); steps=()
 [ "${GPU_CHECK_QUICK:-0}" = 1 ] && size=(--width 512 --height 512) && steps=(--steps 2)
@@ -178,7 +186,8 @@ grep -E "^\{" "$OUT/batch-tiny.log" | "$PY" -c 'import json,sys
 for l in sys.stdin:
     r = json.loads(l); p = r.get("report", {})
     print("batch:", p.get("output"), p.get("device"), "loads", p.get("model_loads"), "held", r.get("models_held"))' >>"$summary" 2>&1
-short || measured poster-2048-budget-2G 300 "$TESSERA" render benches/gpu/poster-2048.toml --model "$SD15" \
+trace=(); [ "${GPU_CHECK_TRACE:-0}" = 1 ] && trace=(env TESSERA_DEVICE_TRACE=1)
+short || measured poster-2048-budget-2G 300 "${trace[@]}" "$TESSERA" render benches/gpu/poster-2048.toml --model "$SD15" \
   --device "$DEVICE" "${size[@]}" --steps 2 --max-memory 2G --out "$OUT/poster-2048-2G.png" --json
 grep -E "^(memory budget|encode|canvas|decode|guide pass|phase|wrote|error)" "$OUT/poster-2048-budget-2G.log" >>"$summary"
 short || bench bench-vae-tiled-2048-host vae-decode --dtype f16 --latent $BIG --tile 512 --store-mib 0 --repeat 1
@@ -188,6 +197,7 @@ full && bench bench-unet-f32 unet --dtype f32 --batch 2 --latent $L --repeat $RE
 full && bench bench-vae-whole vae-decode --dtype f16 --latent $L --repeat $REP
 full && torch torch-vae vae-512,vae-2048,vae-2048-tiled
 # Few files come back from the GPU machine: the logs travel as one archive.
-tar czf "$OUT/logs.tgz" -C "$OUT" --exclude logs.tgz --exclude '*.png' --exclude '*.safetensors' . &&
-  find "$OUT" -type f ! -name logs.tgz ! -name summary.txt -delete
+# (Written outside OUT first: tar refuses an archive inside the folder it is reading.)
+tar czf /tmp/gpu-check-logs.tgz -C "$OUT" --exclude '*.png' --exclude '*.safetensors' . &&
+  find "$OUT" -type f ! -name summary.txt -delete && mv /tmp/gpu-check-logs.tgz "$OUT/logs.tgz"
 say "done"
