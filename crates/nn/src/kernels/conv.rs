@@ -310,6 +310,47 @@ mod tests {
         }
     }
 
+    /// Wide rows (split into column chunks per task) and a single row with many channels
+    /// (output-channel blocks split across tasks) still give every output exactly once.
+    #[test]
+    fn wide_and_narrow_images_split_into_tasks_match_the_definition() {
+        for (cin, cout, h, w) in [(64, 13, 2, 1100), (600, 20, 1, 100)] {
+            let g = Geometry {
+                k: 3,
+                stride: 1,
+                pad: (1, 1, 1, 1),
+            };
+            let x = values(cin * h * w, 4);
+            let weight = values(cout * cin * 9, 5);
+            let bias = values(cout, 6);
+            let want = reference(&x, cin, h, w, &weight, &bias, cout, g);
+            let mut got = vec![f32::NAN; want.len()];
+            let input = Input {
+                sources: vec![(&x, cin)],
+                h,
+                w,
+                upsample: false,
+                pre: None,
+            };
+            let init = Init {
+                bias: Some(&bias),
+                ..Default::default()
+            };
+            conv2d(&input, &weight, cout, g, init, &mut got);
+            assert!(
+                got.iter().all(|v| v.is_finite()),
+                "{cin}x{h}x{w}: outputs left unwritten"
+            );
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            // Sums of 9·cin products of values in [-1, 1]: f32 rounding grows with the count.
+            assert!(err < 1e-5 * (9 * cin) as f32, "{cin}x{h}x{w}: {err}");
+        }
+    }
+
     #[test]
     fn concatenation_upsampling_and_the_pre_op_read_by_index() {
         let (c1, c2, cout, h, w) = (3, 2, 4, 5, 6);
