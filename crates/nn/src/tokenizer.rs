@@ -61,7 +61,9 @@ impl ClipTokenizer {
             // transformers makes a pad token an added special token, so that text is split
             // around it: SDXL's second tokenizer pads with `!`, and `world!!!` becomes
             // `world`, 0, 0, 0 (what `tokenizer.json` files saved by transformers hold too).
-            inner.add_special_tokens(&[tokenizers::AddedToken::from(pad_token.clone(), true)]);
+            inner
+                .add_special_tokens([tokenizers::AddedToken::from(pad_token.clone(), true)])
+                .map_err(|e| bad(dir, format!("cannot add the pad token {pad_token:?}: {e}")))?;
         }
         let id = |token: &str| {
             inner
