@@ -89,8 +89,9 @@ fn device_context(
 /// so that it counts neither against this process's peak nor against other users of the GPU.
 ///
 /// Why it is needed: candle allocates from CUDA's stream-ordered pool, whose freed memory is
-/// released only at a stream, event or context *synchronisation*; candle never synchronises
-/// (its reads back to the host are blocking copies, which do not count), so without this the
+/// released only at a stream, event or context *synchronisation*; candle's ops never synchronise
+/// (its reads back to the host are blocking copies, which do not count; only an explicit
+/// `Device::synchronize` does, which a render never called), so without this the
 /// pool keeps the high-water mark of the whole run (seen on an H200: a budgeted render stayed
 /// at its first phase's peak through every later phase). No-op on the CPU and on Metal.
 pub fn release_freed(device: &candle_core::Device) {
