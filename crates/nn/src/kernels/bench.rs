@@ -112,53 +112,44 @@ pub fn run() -> Vec<Figure> {
         gflop: 2.0 * (cout * cin * 9 * h * w) as f64 / 1e9,
         seconds,
     });
-    let s = attention::Shape {
-        batch: 1,
-        n: 4096,
-        m: 4096,
-        heads: 8,
-        d: 40,
-    };
-    let (q, kk, v) = (values(4096 * 320), values(4096 * 320), values(4096 * 320));
-    let mut o = vec![0f32; 4096 * 320];
-    let seconds = time(|| attention::attention(&q, &kk, &v, s, 0.158, 256 << 20, &mut o));
-    out.push(Figure {
-        what: "self-attention 4096 tokens, 8x40 (gemm blocks)".into(),
-        gflop: 4.0 * 4096.0 * 4096.0 * 320.0 / 1e9,
-        seconds,
-    });
-    if super::flash::applies() {
-        let seconds = time(|| super::flash::attention(&q, &kk, &v, s, 0.158, &mut o));
-        out.push(Figure {
-            what: "self-attention 4096 tokens, 8x40 (flash)".into(),
-            gflop: 4.0 * 4096.0 * 4096.0 * 320.0 / 1e9,
-            seconds,
-        });
-    }
+    attention_figures(&mut out, "self-attention 4096 tokens, 8x40", 8, 40, 0.158);
     // The VAE's mid-block attention: one head of 512 channels (quadratic in the picture).
+    attention_figures(
+        &mut out,
+        "VAE mid attention 4096 tokens, 1x512",
+        1,
+        512,
+        0.044,
+    );
+    out
+}
+
+/// Self-attention over 4096 tokens of `heads` x `d` channels, by gemm query blocks and (where
+/// it applies) by the flash kernel.
+fn attention_figures(out: &mut Vec<Figure>, what: &str, heads: usize, d: usize, scale: f32) {
     let s = attention::Shape {
         batch: 1,
         n: 4096,
         m: 4096,
-        heads: 1,
-        d: 512,
+        heads,
+        d,
     };
-    let (q, kk, v) = (values(4096 * 512), values(4096 * 512), values(4096 * 512));
-    let mut o = vec![0f32; 4096 * 512];
-    let gflop = 4.0 * 4096.0 * 4096.0 * 512.0 / 1e9;
-    let seconds = time(|| attention::attention(&q, &kk, &v, s, 0.044, 256 << 20, &mut o));
+    let c = heads * d;
+    let (q, kk, v) = (values(4096 * c), values(4096 * c), values(4096 * c));
+    let mut o = vec![0f32; 4096 * c];
+    let gflop = 4.0 * 4096.0 * 4096.0 * c as f64 / 1e9;
+    let seconds = time(|| attention::attention(&q, &kk, &v, s, scale, 256 << 20, &mut o));
     out.push(Figure {
-        what: "VAE mid attention 4096 tokens, 1x512 (gemm blocks)".into(),
+        what: format!("{what} (gemm blocks)"),
         gflop,
         seconds,
     });
     if super::flash::applies() {
-        let seconds = time(|| super::flash::attention(&q, &kk, &v, s, 0.044, &mut o));
+        let seconds = time(|| super::flash::attention(&q, &kk, &v, s, scale, &mut o));
         out.push(Figure {
-            what: "VAE mid attention 4096 tokens, 1x512 (flash)".into(),
+            what: format!("{what} (flash)"),
             gflop,
             seconds,
         });
     }
-    out
 }

@@ -261,6 +261,48 @@ mod tests {
             .collect()
     }
 
+    /// The convolution of seeded values by `run` (filled with NaN first, so an output left
+    /// unwritten shows) and by the definition.
+    fn against_reference(
+        (cin, cout, h, w): (usize, usize, usize, usize),
+        g: Geometry,
+        seed: u32,
+        run: impl Fn(&Input, &[f32], Init, &mut [f32]),
+    ) -> (Vec<f32>, Vec<f32>) {
+        let x = values(cin * h * w, seed);
+        let weight = values(cout * cin * g.k * g.k, seed + 1);
+        let bias = values(cout, seed + 2);
+        let want = reference(&x, cin, h, w, &weight, &bias, cout, g);
+        let mut got = vec![f32::NAN; want.len()];
+        let input = Input {
+            sources: vec![(&x, cin)],
+            h,
+            w,
+            upsample: false,
+            pre: None,
+        };
+        let init = Init {
+            bias: Some(&bias),
+            ..Default::default()
+        };
+        run(&input, &weight, init, &mut got);
+        (got, want)
+    }
+
+    /// Largest absolute difference; infinite where `got` holds a NaN.
+    fn max_error(got: &[f32], want: &[f32]) -> f32 {
+        got.iter()
+            .zip(want)
+            .map(|(a, b)| {
+                if a.is_nan() {
+                    f32::INFINITY
+                } else {
+                    (a - b).abs()
+                }
+            })
+            .fold(0f32, f32::max)
+    }
+
     #[test]
     fn convolutions_match_the_definition() {
         let cases = [
@@ -270,42 +312,20 @@ mod tests {
             (3, 2, (1, 1, 1, 1)),
         ];
         for (k, stride, pad) in cases {
-            let (cin, cout, h, w) = (5, 13, 9, 37);
+            let dims = (5, 13, 9, 37);
             let g = Geometry { k, stride, pad };
-            let x = values(cin * h * w, 1);
-            let weight = values(cout * cin * k * k, 2);
-            let bias = values(cout, 3);
-            let want = reference(&x, cin, h, w, &weight, &bias, cout, g);
-            let (ho, wo) = g.out_dims((h, w));
-            let mut got = vec![0f32; cout * ho * wo];
-            let input = Input {
-                sources: vec![(&x, cin)],
-                h,
-                w,
-                upsample: false,
-                pre: None,
-            };
-            let init = Init {
-                bias: Some(&bias),
-                ..Default::default()
-            };
-            conv2d(&input, &weight, cout, g, init, &mut got);
-            let mut gemm = vec![0f32; got.len()];
-            im2col_gemm(&input, &weight, cout, g, init, &mut gemm);
-            let err_gemm = gemm
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let (got, want) = against_reference(dims, g, 1, |input, weight, init, out| {
+                conv2d(input, weight, dims.1, g, init, out)
+            });
+            let (gemm, _) = against_reference(dims, g, 1, |input, weight, init, out| {
+                im2col_gemm(input, weight, dims.1, g, init, out)
+            });
+            let err_gemm = max_error(&gemm, &want);
             assert!(
                 err_gemm < 1e-4,
                 "im2col: k {k} stride {stride} pad {pad:?}: {err_gemm}"
             );
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let err = max_error(&got, &want);
             assert!(err < 1e-4, "k {k} stride {stride} pad {pad:?}: {err}");
         }
     }
@@ -320,33 +340,13 @@ mod tests {
                 stride: 1,
                 pad: (1, 1, 1, 1),
             };
-            let x = values(cin * h * w, 4);
-            let weight = values(cout * cin * 9, 5);
-            let bias = values(cout, 6);
-            let want = reference(&x, cin, h, w, &weight, &bias, cout, g);
-            let mut got = vec![f32::NAN; want.len()];
-            let input = Input {
-                sources: vec![(&x, cin)],
-                h,
-                w,
-                upsample: false,
-                pre: None,
-            };
-            let init = Init {
-                bias: Some(&bias),
-                ..Default::default()
-            };
-            conv2d(&input, &weight, cout, g, init, &mut got);
-            assert!(
-                got.iter().all(|v| v.is_finite()),
-                "{cin}x{h}x{w}: outputs left unwritten"
-            );
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            // Sums of 9·cin products of values in [-1, 1]: f32 rounding grows with the count.
+            let (got, want) =
+                against_reference((cin, cout, h, w), g, 4, |input, weight, init, out| {
+                    conv2d(input, weight, cout, g, init, out)
+                });
+            let err = max_error(&got, &want);
+            // Sums of 9·cin products of values in [-1, 1]: f32 rounding grows with the count;
+            // an output left unwritten counts as infinite.
             assert!(err < 1e-5 * (9 * cin) as f32, "{cin}x{h}x{w}: {err}");
         }
     }
