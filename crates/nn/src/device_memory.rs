@@ -114,16 +114,22 @@ pub fn release_freed(device: &candle_core::Device) {
     let _ = device;
 }
 
-/// With `TESSERA_DEVICE_TRACE` set, print the device memory in use at `label` (after
-/// [`release_freed`]) to stderr: where a phase's device peak comes from, step by step.
-pub fn trace(device: &candle_core::Device, label: &str) {
-    if device.is_cpu() || std::env::var_os("TESSERA_DEVICE_TRACE").is_none() {
+/// With `TESSERA_DEVICE_TRACE` set, print the device memory in use at `label()` (after
+/// [`release_freed`]) to stderr: where a phase's device peak comes from, step by step. Called
+/// per UNet layer, so without the variable it costs one branch (the label is not built).
+pub fn trace(device: &candle_core::Device, label: impl FnOnce() -> String) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if device.is_cpu() || !*ON.get_or_init(|| std::env::var_os("TESSERA_DEVICE_TRACE").is_some()) {
         return;
     }
     release_freed(device);
     #[cfg(feature = "cuda")]
     if let Some((free, total)) = device_context(device).and_then(|c| c.mem_get_info().ok()) {
-        eprintln!("device-trace {label}: {} MiB in use", (total - free) >> 20);
+        eprintln!(
+            "device-trace {}: {} MiB in use",
+            label(),
+            (total - free) >> 20
+        );
     }
     #[cfg(not(feature = "cuda"))]
     let _ = label;

@@ -99,7 +99,7 @@ impl PhaseReport {
         return_freed_memory();
         if let Some(rt) = &self.device {
             tessera_nn::device_memory::release_freed(&rt.device);
-            tessera_nn::device_memory::trace(&rt.device, &format!("{name} starts"));
+            tessera_nn::device_memory::trace(&rt.device, || format!("{name} starts"));
         }
         reset_peak();
         let watch = self

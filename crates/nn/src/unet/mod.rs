@@ -281,7 +281,7 @@ impl UNet {
             if spec.push_skip {
                 skips.push(x.clone());
             }
-            crate::device_memory::trace(x.device(), &format!("UNet layer {i}"));
+            crate::device_memory::trace(x.device(), || format!("UNet layer {i}"));
         }
         Ok(x)
     }

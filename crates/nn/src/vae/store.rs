@@ -39,7 +39,7 @@ impl Scratch {
     /// and bands leave pooled back to the device (see [`crate::device_memory::release_freed`]);
     /// one without keeps it pooled for the next layer (faster). `label` names the layer for
     /// `TESSERA_DEVICE_TRACE`.
-    pub fn between_layers(&self, label: &str) {
+    pub fn between_layers(&self, label: impl FnOnce() -> String) {
         if self.limited {
             crate::device_memory::release_freed(&self.device);
         }

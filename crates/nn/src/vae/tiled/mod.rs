@@ -237,7 +237,7 @@ fn run(
         return each_stored_band(&x, &t, sink);
     };
     for (i, op) in ops.iter().enumerate() {
-        scratch.between_layers(&format!("tiled VAE layer {i}"));
+        scratch.between_layers(|| format!("tiled VAE layer {i}"));
         let (y, sy) = match op {
             Op::Conv { .. } => conv_segment(op, &sx)?.run(&x, &t, &scratch)?,
             Op::Resnet(r) => resnet(r, &x, stats_of(&sx)?, &t, &scratch)?,
