@@ -8,6 +8,9 @@ mod canvas_parity;
 #[path = "clip_parity.rs"]
 mod clip_parity;
 mod common;
+#[cfg(feature = "cuda")]
+#[path = "gpu_kernels.rs"]
+mod gpu_kernels;
 #[path = "txt2img_parity.rs"]
 mod txt2img_parity;
 #[path = "unet_parity.rs"]

@@ -115,22 +115,33 @@ pub fn release_freed(device: &candle_core::Device) {
 }
 
 /// With `TESSERA_DEVICE_TRACE` set, print the device memory in use at `label()` (after
-/// [`release_freed`]) to stderr: where a phase's device peak comes from, step by step. Called
-/// per UNet layer, so without the variable it costs one branch (the label is not built).
+/// [`release_freed`]) and the device time since the previous trace point to stderr: where a
+/// phase's device peak and time come from, step by step (the synchronisation makes each
+/// interval the device's own work, not the queue's). Called per UNet layer, so without the
+/// variable it costs one branch (the label is not built).
 pub fn trace(device: &candle_core::Device, label: impl FnOnce() -> String) {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
     if device.is_cpu() || !*ON.get_or_init(|| std::env::var_os("TESSERA_DEVICE_TRACE").is_some()) {
         return;
     }
     release_freed(device);
+    let now = std::time::Instant::now();
+    let since = LAST
+        .lock()
+        .ok()
+        .and_then(|mut last| last.replace(now))
+        .map_or(0.0, |t| (now - t).as_secs_f64() * 1e3);
     #[cfg(feature = "cuda")]
     if let Some((free, total)) = device_context(device).and_then(|c| c.mem_get_info().ok()) {
         eprintln!(
-            "device-trace {}: {} MiB in use",
+            "device-trace {}: {} MiB in use, {since:.3} ms since the previous point",
             label(),
             (total - free) >> 20
         );
     }
+    #[cfg(not(feature = "cuda"))]
+    let _ = since;
     #[cfg(not(feature = "cuda"))]
     let _ = label;
 }

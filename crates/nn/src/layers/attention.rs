@@ -67,41 +67,67 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) -> 
     keys.attend(q, scale, budget)?.to_dtype(dtype)
 }
 
-/// Keys and values laid out for [`attend`] once (keys transposed, both f32), for callers
-/// that attend many query blocks to the same keys: the tiled VAE's mid-block attention held
-/// a transposed and a split copy of all keys per query band on a GPU, 0.8 GiB beyond its
-/// estimate for a 2048² image.
+/// Keys and values laid out for [`attend`] once (keys transposed, both in the compute
+/// dtype), for callers that attend many query blocks to the same keys: the tiled VAE's
+/// mid-block attention held a transposed and a split copy of all keys per query band on a
+/// GPU, 0.8 GiB beyond its estimate for a 2048² image.
+///
+/// The compute dtype is f32, except for half-precision tensors on a GPU: there the products
+/// run on tensor cores in half precision with f32 accumulation, the scores are rounded to
+/// half precision and the softmax sums in f32 (diffusers' classic attention does the same);
+/// f32 products there ran at a fraction of the tensor cores' rate.
 pub struct HeldKeys {
-    /// (B, heads, d, m) f32, contiguous.
+    /// (B, heads, d, m), contiguous.
     kt: Tensor,
-    /// (B, heads, m, d) f32.
+    /// (B, heads, m, d).
     v: Tensor,
+}
+
+/// The dtype [`HeldKeys`] computes in for tensors of `dtype` on `device`.
+fn compute_dtype(dtype: DType, device: &candle_core::Device) -> DType {
+    match (device.is_cpu(), dtype) {
+        (false, DType::F16 | DType::BF16) => dtype,
+        _ => DType::F32,
+    }
 }
 
 impl HeldKeys {
     /// `k`, `v` (B, heads, m, d); at most one extra copy of either is alive while building.
     pub fn new(k: &Tensor, v: &Tensor) -> Result<Self> {
+        let dtype = compute_dtype(k.dtype(), k.device());
         Ok(Self {
-            kt: k.to_dtype(DType::F32)?.t()?.contiguous()?,
-            v: v.to_dtype(DType::F32)?,
+            kt: k.to_dtype(dtype)?.t()?.contiguous()?,
+            v: v.to_dtype(dtype)?,
         })
     }
 
-    /// [`attend`] of `q` (B, heads, n, d) to these keys, in f32.
+    /// [`attend`] of `q` (B, heads, n, d) to these keys, in the compute dtype.
     pub fn attend(&self, q: &Tensor, scale: f64, budget: usize) -> Result<Tensor> {
         let (b, h, n, _) = q.dims4()?;
-        let (kt, v32) = (&self.kt, &self.v);
+        let (kt, v) = (&self.kt, &self.v);
         let m = kt.dim(3)?;
-        let chunk = (budget / (4 * b * h * m).max(1)).clamp(1, n);
+        let chunk = (budget / (kt.dtype().size_in_bytes() * b * h * m).max(1)).clamp(1, n);
         let mut parts = Vec::with_capacity(n.div_ceil(chunk));
         for start in (0..n).step_by(chunk) {
             let len = chunk.min(n - start);
-            let qc = (q.narrow(2, start, len)?.to_dtype(DType::F32)? * scale)?;
-            let probs = candle_nn::ops::softmax_last_dim(&qc.matmul(kt)?)?;
-            parts.push(probs.matmul(v32)?);
+            let qc = (q.narrow(2, start, len)?.to_dtype(kt.dtype())? * scale)?;
+            let probs = softmax_last_dim(&qc.matmul(kt)?)?;
+            parts.push(probs.matmul(v)?);
         }
-        Tensor::cat(&parts, 2)
+        match parts.len() {
+            1 => Ok(parts.remove(0)),
+            _ => Tensor::cat(&parts, 2),
+        }
     }
+}
+
+/// Softmax over the last dimension: tessera's kernel on CUDA (three times fewer passes over the
+/// scores than candle's), candle's elsewhere.
+fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return super::cuda_kernels::softmax_last_dim(x);
+    #[cfg(not(feature = "cuda"))]
+    candle_nn::ops::softmax_last_dim(x)
 }
 
 /// Attention of fixed queries (n, d) over keys and values given in blocks, exact: a running

@@ -26,34 +26,70 @@ pub struct Affine {
     pub shift: Vec<f32>,
     pub channels: usize,
     pub silu: bool,
-    /// `(scale, shift)` as (B, C, 1, 1) f32 tensors where they were computed on a GPU (then
-    /// `scale` and `shift` are empty: reading them back would stall the device's queue).
-    pub on_device: Option<(Tensor, Tensor)>,
+    /// On a GPU, the GroupNorm itself, normalising whatever it is applied to with that
+    /// tensor's own statistics (then `scale` and `shift` are empty: reading statistics back
+    /// would stall the device's queue).
+    pub on_device: Option<DeviceNorm>,
+}
+
+/// A GroupNorm computed where it is applied, on a GPU: tessera's two kernels (statistics, then
+/// normalise + SiLU; [`crate::layers::cuda_kernels`]) where they load, else candle's LayerNorm
+/// over each group's values (f32 sums) and per-channel ops. Either way no read-back to the host.
+#[derive(Clone, Debug)]
+pub struct DeviceNorm {
+    /// (C, 1, 1) f32, on the device.
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+impl DeviceNorm {
+    /// `x` (B, C, H, W) normalised per batch item and group, then `gamma`, `beta`, then SiLU
+    /// when `silu`.
+    pub fn apply(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(y) =
+            super::cuda_kernels::group_norm(x, &self.gamma, &self.beta, self.groups, self.eps, silu)
+        {
+            return y;
+        }
+        let (b, c, h, w) = x.dims4()?;
+        let n = c / self.groups * h * w;
+        let rows = x.contiguous()?.reshape((b * self.groups, n))?;
+        let (ones, zeros) = (
+            Tensor::ones(n, x.dtype(), x.device())?,
+            Tensor::zeros(n, x.dtype(), x.device())?,
+        );
+        let y = candle_nn::ops::layer_norm(&rows, &ones, &zeros, self.eps as f32)?
+            .reshape((b, c, h, w))?
+            .broadcast_mul(&self.gamma.to_dtype(x.dtype())?)?
+            .broadcast_add(&self.beta.to_dtype(x.dtype())?)?;
+        match silu {
+            true => candle_nn::ops::silu(&y),
+            false => Ok(y),
+        }
+    }
 }
 
 impl Affine {
     /// The map as candle ops (for tensors the kernels do not take).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let b = x.dim(0)?;
-        let shape = (b, self.channels, 1, 1);
-        let (scale, shift) = match &self.on_device {
-            Some((scale, shift)) => (scale.clone(), shift.clone()),
-            None => (
-                Tensor::from_slice(&self.scale, shape, x.device())?,
-                Tensor::from_slice(&self.shift, shape, x.device())?,
-            ),
-        };
-        let dtype = x.dtype();
+        if let Some(norm) = &self.on_device {
+            return norm.apply(x, self.silu);
+        }
+        let shape = (x.dim(0)?, self.channels, 1, 1);
+        let scale = Tensor::from_slice(&self.scale, shape, x.device())?;
+        let shift = Tensor::from_slice(&self.shift, shape, x.device())?;
         let y = x
             .to_dtype(candle_core::DType::F32)?
             .broadcast_mul(&scale)?
-            .broadcast_add(&shift)?;
-        let y = if self.silu {
-            candle_nn::ops::silu(&y)?
-        } else {
-            y
-        };
-        y.to_dtype(dtype)
+            .broadcast_add(&shift)?
+            .to_dtype(x.dtype())?;
+        match self.silu {
+            true => candle_nn::ops::silu(&y),
+            false => Ok(y),
+        }
     }
 }
 
@@ -232,28 +268,132 @@ impl Conv2d {
         }
         let g = self.geometry(f);
         let (t, b, l, r) = g.pad;
-        let symmetric = t == b && l == r && t == l;
+        // Both backends pad symmetrically (candle: one padding for rows and columns).
+        let cudnn = cfg!(feature = "cudnn") && x.device().is_cuda();
+        let symmetric = t == b && l == r && (t == l || cudnn);
         let (x, pad) = match symmetric {
-            true => (x, t),
-            false => (x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?, 0),
+            true => (x, (t, l)),
+            false => (x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?, (0, 0)),
         };
-        let mut y = x.conv2d(weight, pad, self.stride, 1, 1)?;
-        if let Some(b) = &self.bias {
-            let b = b.to_dtype(y.dtype())?;
-            y = y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?;
-        }
-        if let Some(p) = f.per_channel {
-            y = y.broadcast_add(&p.to_dtype(y.dtype())?.unsqueeze(2)?.unsqueeze(3)?)?;
-        }
-        match f.residual {
+        // Bias and the per-channel term are added in one pass.
+        let per_channel = match (&self.bias, f.per_channel) {
+            (Some(bias), Some(p)) => Some(
+                p.to_dtype(x.dtype())?
+                    .broadcast_add(&bias.to_dtype(x.dtype())?)?,
+            ),
+            (Some(bias), None) => Some(bias.to_dtype(x.dtype())?.unsqueeze(0)?),
+            (None, p) => p.map(|p| p.to_dtype(x.dtype())).transpose()?,
+        };
+        let (y, residual) = self.convolve(&x, weight, pad, f.residual)?;
+        let y = match per_channel {
+            Some(p) => y.broadcast_add(&p.unsqueeze(2)?.unsqueeze(3)?)?,
+            None => y,
+        };
+        match residual {
             Some(r) => r + y,
             None => Ok(y),
         }
     }
+
+    /// The bare convolution, with the residual added when the backend can do it in the same
+    /// pass (cuDNN); otherwise the residual is given back for the caller to add.
+    fn convolve<'r>(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        pad: (usize, usize),
+        residual: Option<&'r Tensor>,
+    ) -> Result<(Tensor, Option<&'r Tensor>)> {
+        #[cfg(feature = "cudnn")]
+        if x.device().is_cuda() {
+            let y = super::cudnn::conv2d(x, weight, pad, self.stride, residual)?;
+            return Ok((y, None));
+        }
+        let (b, cin, h, w) = x.dims4()?;
+        let k = weight.dim(2)?;
+        let (ho, wo) = out_dims((h, w), pad.0, k, self.stride);
+        let im2col = b * ho * wo * cin * k * k * x.dtype().size_in_bytes();
+        let band = match x.device().is_cpu() {
+            true => ho,
+            false => (ho * IM2COL_BYTES / im2col.max(1)).clamp(1, ho),
+        };
+        let y = conv_in_bands(x, weight, pad.0, self.stride, band)?;
+        Ok((y, residual))
+    }
+}
+
+/// The most bytes of candle's im2col buffer a GPU convolution fills at once: the buffer is
+/// k² times the input (2.4 GB for a 256-channel 512² f32 VAE layer), so a larger convolution
+/// runs in bands of output rows.
+const IM2COL_BYTES: usize = 64 << 20;
+
+fn out_dims((h, w): (usize, usize), pad: usize, k: usize, stride: usize) -> (usize, usize) {
+    (
+        (h + 2 * pad - k) / stride + 1,
+        (w + 2 * pad - k) / stride + 1,
+    )
+}
+
+/// `x.conv2d(weight, pad, stride)` computed `band` output rows at a time (the same sums per
+/// output value, so the same result).
+fn conv_in_bands(
+    x: &Tensor,
+    weight: &Tensor,
+    pad: usize,
+    stride: usize,
+    band: usize,
+) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let k = weight.dim(2)?;
+    let (ho, _) = out_dims((h, w), pad, k, stride);
+    if band >= ho {
+        return x.conv2d(weight, pad, stride, 1, 1);
+    }
+    let padded = x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?;
+    let parts = (0..ho)
+        .step_by(band)
+        .map(|r0| {
+            let rows = band.min(ho - r0);
+            let slab = padded.narrow(2, r0 * stride, (rows - 1) * stride + k)?;
+            slab.contiguous()?.conv2d(weight, 0, stride, 1, 1)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 2)
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Conv2d::forward(self, x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    /// Bands of output rows give the convolution of the whole (stride 1 and 2, padded or not).
+    #[test]
+    fn banded_convolution_equals_the_whole() -> Result<()> {
+        let ramp = |dims: &[usize], k: f32| {
+            let n: usize = dims.iter().product();
+            let v: Vec<f32> = (0..n).map(|i| (i as f32 * k).sin()).collect();
+            Tensor::from_vec(v, dims, &Device::Cpu)
+        };
+        let x = ramp(&[2, 3, 11, 9], 0.37)?;
+        let weight = ramp(&[4, 3, 3, 3], 0.91)?;
+        for (pad, stride) in [(1, 1), (0, 1), (0, 2), (1, 2)] {
+            let whole = x.conv2d(&weight, pad, stride, 1, 1)?;
+            for band in [1, 2, 4] {
+                let banded = conv_in_bands(&x, &weight, pad, stride, band)?;
+                let diff: f32 = (banded - &whole)?
+                    .abs()?
+                    .flatten_all()?
+                    .max(D::Minus1)?
+                    .to_scalar()?;
+                assert!(diff < 1e-6, "pad {pad} stride {stride} band {band}: {diff}");
+            }
+        }
+        Ok(())
     }
 }

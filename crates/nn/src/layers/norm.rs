@@ -4,7 +4,7 @@
 //! pooled from the tiles of a larger image ([`GroupStats`]), so a tiled pass normalises every
 //! tile with the statistics of the whole image.
 
-use super::conv::Affine;
+use super::conv::{Affine, DeviceNorm};
 use crate::kernels;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -59,7 +59,7 @@ impl GroupStats {
 pub struct GroupNorm {
     gamma: Vec<f32>,
     beta: Vec<f32>,
-    /// `gamma` and `beta` in f64 on the weights' device, when that is a GPU.
+    /// `gamma` and `beta` (C, 1, 1) f32 on the weights' device, when that is a GPU.
     on_device: Option<(Tensor, Tensor)>,
     groups: usize,
     eps: f64,
@@ -72,7 +72,10 @@ impl GroupNorm {
         let host = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
         let on_device = match gamma.device().is_cpu() {
             true => None,
-            false => Some((gamma.to_dtype(DType::F64)?, beta.to_dtype(DType::F64)?)),
+            false => Some((
+                gamma.to_dtype(DType::F32)?.reshape((channels, 1, 1))?,
+                beta.to_dtype(DType::F32)?.reshape((channels, 1, 1))?,
+            )),
         };
         Ok(Self {
             gamma: host(&gamma)?,
@@ -107,10 +110,11 @@ impl GroupNorm {
     }
 
     /// The normalisation of `x` (channels concatenated with `concat`, if given), with each
-    /// batch item's own statistics, as an affine map (followed by SiLU when `silu`).
+    /// batch item's own statistics, as an affine map (followed by SiLU when `silu`). On a GPU
+    /// the map computes the statistics of what it is applied to (the same concatenation).
     pub fn affine(&self, x: &Tensor, concat: Option<&Tensor>, silu: bool) -> Result<Affine> {
         if let Some((gamma, beta)) = &self.on_device {
-            return self.device_affine(x, concat, silu, gamma, beta);
+            return Ok(self.device_affine(gamma, beta, silu));
         }
         let b = x.dim(0)?;
         let mut scale = Vec::new();
@@ -134,53 +138,22 @@ impl GroupNorm {
         })
     }
 
-    /// [`GroupNorm::affine`] as device ops, the statistics in f64 as on the host, with no
-    /// read-back: on a GPU each read-back stalls the queue (two per norm and batch item, 240
-    /// per SD 1.5 UNet step, was the host path's cost there). `gamma`, `beta`: f64, on
-    /// `x`'s device.
-    pub fn device_affine(
-        &self,
-        x: &Tensor,
-        concat: Option<&Tensor>,
-        silu: bool,
-        gamma: &Tensor,
-        beta: &Tensor,
-    ) -> Result<Affine> {
-        let sums = |t: &Tensor| -> Result<(Tensor, Tensor)> {
-            let (b, c, h, w) = t.dims4()?;
-            let t = t.to_dtype(DType::F64)?.reshape((b, c, h * w))?;
-            Ok((t.sum(2)?, t.sqr()?.sum(2)?))
-        };
-        let (mut s, mut q) = sums(x)?;
-        if let Some(c) = concat {
-            let (s2, q2) = sums(c)?;
-            s = Tensor::cat(&[&s, &s2], 1)?;
-            q = Tensor::cat(&[&q, &q2], 1)?;
-        }
-        let (b, ch) = s.dims2()?;
-        let (groups, per) = (self.groups, ch / self.groups);
-        let (_, _, h, w) = x.dims4()?;
-        let n = (per * h * w) as f64;
-        let mean = (s.reshape((b, groups, per))?.sum(2)? / n)?;
-        let var = ((q.reshape((b, groups, per))?.sum(2)? / n)? - mean.sqr()?)?.relu()?;
-        let inv = ((var + self.eps)?.sqrt()?.recip())?;
-        let per_channel = |t: Tensor| -> Result<Tensor> {
-            t.unsqueeze(2)?
-                .broadcast_as((b, groups, per))?
-                .reshape((b, ch))
-        };
-        let scale = per_channel(inv)?.broadcast_mul(&gamma.unsqueeze(0)?)?;
-        let shift = beta
-            .unsqueeze(0)?
-            .broadcast_sub(&(per_channel(mean)? * &scale)?)?;
-        let as_map = |t: Tensor| t.to_dtype(DType::F32)?.reshape((b, ch, 1, 1));
-        Ok(Affine {
-            channels: ch,
+    /// The map of [`GroupNorm::affine`] on a device: [`DeviceNorm`], no read-back (on a GPU
+    /// each read-back stalls the queue: two per norm and batch item, 240 per SD 1.5 UNet
+    /// step, were the host path's cost there). `gamma`, `beta`: (C, 1, 1) f32 on the device.
+    pub fn device_affine(&self, gamma: &Tensor, beta: &Tensor, silu: bool) -> Affine {
+        Affine {
+            channels: self.gamma.len(),
             scale: Vec::new(),
             shift: Vec::new(),
             silu,
-            on_device: Some((as_map(scale)?, as_map(shift)?)),
-        })
+            on_device: Some(DeviceNorm {
+                gamma: gamma.clone(),
+                beta: beta.clone(),
+                groups: self.groups,
+                eps: self.eps,
+            }),
+        }
     }
 
     /// Normalise `x` with its own statistics.
@@ -234,7 +207,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// The GPU's statistics (device ops) equal the host's, here run on CPU tensors.
+    /// The GPU's normalisation (device ops) equals the host's, here run on CPU tensors.
     #[test]
     fn device_affine_equals_host_affine() -> Result<()> {
         let dev = Device::Cpu;
@@ -254,13 +227,11 @@ mod tests {
             groups: 4,
             eps: 1e-5,
         };
-        let to_f64 = |v: &[f32]| Tensor::new(v, &dev)?.to_dtype(DType::F64);
-        let (gamma, beta) = (to_f64(&norm.gamma)?, to_f64(&norm.beta)?);
+        let to_device = |v: &[f32]| Tensor::new(v, &dev)?.reshape((v.len(), 1, 1));
+        let (gamma, beta) = (to_device(&norm.gamma)?, to_device(&norm.beta)?);
         let both = Tensor::cat(&[&x, &skip], 1)?;
         let host = norm.affine(&x, Some(&skip), true)?.apply(&both)?;
-        let device = norm
-            .device_affine(&x, Some(&skip), true, &gamma, &beta)?
-            .apply(&both)?;
+        let device = norm.device_affine(&gamma, &beta, true).apply(&both)?;
         let diff: f32 = (host - device)?.abs()?.flatten_all()?.max(0)?.to_scalar()?;
         assert!(diff < 1e-5, "max |diff| {diff}");
         Ok(())

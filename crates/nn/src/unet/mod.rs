@@ -41,6 +41,19 @@ enum Layer {
     },
 }
 
+impl Layer {
+    /// What the layer is, for traces.
+    fn name(&self) -> &'static str {
+        match self {
+            Layer::Head { .. } => "head",
+            Layer::Resnet(_) => "resnet",
+            Layer::Attention(_) => "attention",
+            Layer::Resample(_) => "resample",
+            Layer::Tail { .. } => "tail",
+        }
+    }
+}
+
 enum Weights {
     Resident(Vec<Layer>),
     Streaming(VarBuilder<'static>),
@@ -281,7 +294,9 @@ impl UNet {
             if spec.push_skip {
                 skips.push(x.clone());
             }
-            crate::device_memory::trace(x.device(), || format!("UNet layer {i}"));
+            crate::device_memory::trace(x.device(), || {
+                format!("UNet layer {i} ({})", layer.name())
+            });
         }
         Ok(x)
     }

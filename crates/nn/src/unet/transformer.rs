@@ -46,8 +46,10 @@ impl Attention {
         let q = self.to_q.forward(x)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
+        trace(&q, "    q, k, v");
         let scale = (self.head_dim as f64).powf(-0.5);
         let y = heads(&q, &k, &v, self.heads, scale, budget)?;
+        trace(&q, "    softmax(q kT) v");
         self.to_out.forward_residual(&y, Some(residual))
     }
 }
@@ -104,12 +106,26 @@ impl FeedForward {
                     })
                 })??
             }
-            false => {
-                let parts = h.chunk(2, D::Minus1)?;
-                (&parts[0] * parts[1].gelu_erf()?)?
-            }
+            false => match gpu_geglu(&h) {
+                Some(gated) => gated?,
+                None => {
+                    let parts = h.chunk(2, D::Minus1)?;
+                    (&parts[0] * parts[1].gelu_erf()?)?
+                }
+            },
         };
         self.out.forward_residual(&gated, Some(residual))
+    }
+}
+
+/// GEGLU by tessera's CUDA kernel, where it runs for `h`.
+fn gpu_geglu(h: &Tensor) -> Option<Result<Tensor>> {
+    #[cfg(feature = "cuda")]
+    return crate::layers::cuda_kernels::geglu(h);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = h;
+        None
     }
 }
 
@@ -136,18 +152,31 @@ impl TransformerBlock {
     }
 
     fn forward(&self, x: &Tensor, context: &Tensor, budget: usize) -> Result<Tensor> {
+        let trace = |what: &'static str| trace(x, what);
         let h = self.norm1.forward(x)?;
+        trace("norm1");
         let x = self.attn1.forward(&h, &h, x, budget)?;
-        let x = self
-            .attn2
-            .forward(&self.norm2.forward(&x)?, context, &x, budget)?;
-        self.ff.forward(&self.norm3.forward(&x)?, &x, budget)
+        trace("self-attention");
+        let h = self.norm2.forward(&x)?;
+        trace("norm2");
+        let x = self.attn2.forward(&h, context, &x, budget)?;
+        trace("cross-attention");
+        let h = self.norm3.forward(&x)?;
+        trace("norm3");
+        let x = self.ff.forward(&h, &x, budget)?;
+        trace("feed-forward");
+        Ok(x)
     }
 }
 
 enum Projection {
     Conv(Conv2d),
     Linear(Linear),
+}
+
+/// A device trace point inside a transformer layer (`TESSERA_DEVICE_TRACE`).
+fn trace(x: &Tensor, what: &'static str) {
+    crate::device_memory::trace(x.device(), || format!("  transformer {what}"));
 }
 
 /// Spatial transformer: norm, project in, transformer blocks over the h·w tokens, project out.
@@ -208,6 +237,7 @@ impl Transformer2D {
             }
             Projection::Linear(p) => p.forward(&to_tokens(norm.apply(x)?)?)?,
         };
+        trace(&t, "norm+proj_in");
         for block in &self.blocks {
             t = block.forward(&t, context, budget)?;
         }
