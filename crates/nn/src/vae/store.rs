@@ -18,6 +18,11 @@ use std::rc::Rc;
 #[derive(Clone)]
 pub struct Scratch {
     left: Rc<Cell<u64>>,
+    /// The RAM of the last dropped in-memory store, for the next one: writing into fresh
+    /// pages cost a page fault per 4 KiB (7 of the 8 s of system time of a 512² tiled decode,
+    /// about a fifth of its wall time on 2 cores). Given up (freed) before any allocation it
+    /// cannot serve, so it never adds to a peak.
+    spare: Rc<Cell<Option<Vec<f32>>>>,
     /// Whether a budget limits the stores (`None` given: no).
     limited: bool,
     device: Device,
@@ -29,6 +34,7 @@ impl Scratch {
     pub fn new(ram: Option<u64>, like: &Tensor) -> Self {
         Self {
             left: Rc::new(Cell::new(ram.unwrap_or(u64::MAX))),
+            spare: Rc::new(Cell::new(None)),
             limited: ram.is_some(),
             device: like.device().clone(),
             dtype: like.dtype(),
@@ -44,6 +50,32 @@ impl Scratch {
             crate::device_memory::release_freed(&self.device);
         }
         crate::device_memory::trace(&self.device, label);
+    }
+
+    /// Free the spare store memory now (before a large allocation that is not a store).
+    pub fn release_spare(&self) {
+        self.spare.set(None);
+    }
+
+    /// `n` zeroed values, in the spare store memory when it is large enough.
+    fn ram(&self, n: usize) -> Vec<f32> {
+        match self.spare.take() {
+            Some(mut v) if v.capacity() >= n => {
+                v.clear();
+                v.resize(n, 0.0);
+                v
+            }
+            _ => vec![0f32; n],
+        }
+    }
+
+    /// Keep `v` as the spare, or the spare already kept if that is larger.
+    fn keep(&self, v: Vec<f32>) {
+        let larger = match self.spare.take() {
+            Some(old) if old.capacity() > v.capacity() => old,
+            _ => v,
+        };
+        self.spare.set(Some(larger));
     }
 
     fn take(&self, bytes: u64) -> bool {
@@ -81,6 +113,9 @@ pub struct Store {
 impl Drop for Store {
     fn drop(&mut self) {
         self.scratch.give_back(self.held);
+        if let Place::Ram(v) = &mut self.place {
+            self.scratch.keep(std::mem::take(v));
+        }
     }
 }
 
@@ -120,7 +155,7 @@ impl Store {
         // each way per band, far cheaper than a file).
         let (place, held) = match scratch.take(bytes) {
             true if on_gpu => (Place::Bands(Vec::new()), bytes),
-            true => (Place::Ram(vec![0f32; c * h * w]), bytes),
+            true => (Place::Ram(scratch.ram(c * h * w)), bytes),
             false if on_gpu => (Place::Bands(Vec::new()), 0),
             false => (Place::File(scratch_file((c * h * w * 4) as u64)?), 0),
         };
@@ -156,10 +191,16 @@ impl Store {
                 bands.push((y, band))
             }
             Place::Ram(data) => {
-                let src: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                for (ch, plane) in src.chunks_exact(rows * w).enumerate() {
-                    let at = ch * h * w_ + y * w_;
-                    data[at..at + rows * w].copy_from_slice(plane);
+                let mut copy = |src: &[f32]| {
+                    for (ch, plane) in src.chunks_exact(rows * w).enumerate() {
+                        let at = ch * h * w_ + y * w_;
+                        data[at..at + rows * w].copy_from_slice(plane);
+                    }
+                };
+                // A host f32 band is read in place, not copied out first.
+                match crate::kernels::usable(t) {
+                    true => crate::kernels::with_f32(t, copy)?,
+                    false => copy(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
                 }
             }
             Place::File(file) => {

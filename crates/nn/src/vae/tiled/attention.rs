@@ -25,6 +25,8 @@ pub(super) fn attention(
     scratch: &Scratch,
 ) -> Result<(Store, GroupStats)> {
     let (c, h, w) = (x.c, x.h, x.w);
+    // The keys and values come before the output store: no spare store memory meanwhile.
+    scratch.release_spare();
     let norm = a.norm.affine_with(sx, false);
     let rows = t.rows(h, w);
     let bands: Vec<Range<usize>> = (0..h)
