@@ -311,7 +311,7 @@ impl Conv2d {
         }
         let (b, cin, h, w) = x.dims4()?;
         let k = weight.dim(2)?;
-        let (ho, wo) = out_dims((h, w), pad.0, k, self.stride);
+        let (ho, wo) = square_pad(k, pad.0, self.stride).out_dims((h, w));
         let im2col = b * ho * wo * cin * k * k * x.dtype().size_in_bytes();
         let band = match x.device().is_cpu() {
             true => ho,
@@ -327,11 +327,13 @@ impl Conv2d {
 /// runs in bands of output rows.
 const IM2COL_BYTES: usize = 64 << 20;
 
-fn out_dims((h, w): (usize, usize), pad: usize, k: usize, stride: usize) -> (usize, usize) {
-    (
-        (h + 2 * pad - k) / stride + 1,
-        (w + 2 * pad - k) / stride + 1,
-    )
+/// The geometry of candle's `conv2d`: one padding on every side.
+fn square_pad(k: usize, pad: usize, stride: usize) -> k::Geometry {
+    k::Geometry {
+        k,
+        stride,
+        pad: (pad, pad, pad, pad),
+    }
 }
 
 /// `x.conv2d(weight, pad, stride)` computed `band` output rows at a time (the same sums per
@@ -345,7 +347,7 @@ fn conv_in_bands(
 ) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let k = weight.dim(2)?;
-    let (ho, _) = out_dims((h, w), pad, k, stride);
+    let (ho, _) = square_pad(k, pad, stride).out_dims((h, w));
     if band >= ho {
         return x.conv2d(weight, pad, stride, 1, 1);
     }

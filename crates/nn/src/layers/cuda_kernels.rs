@@ -109,17 +109,16 @@ pub fn geglu(h: &Tensor) -> Option<Result<Tensor>> {
     ours(h).then(|| h.contiguous()?.apply_op1_no_bwd(&Geglu))
 }
 
-fn launch_error(name: &str) -> candle_core::Error {
-    candle_core::Error::Msg(format!("CUDA kernel {name} not loaded"))
-}
-
-fn suffix(dtype: DType) -> Result<&'static str> {
-    Ok(match dtype {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
+/// Kernel `base` for `dtype` (`softmax` -> `softmax_f16`, ...) on `device`'s module.
+fn kernel(device: &CudaDevice, base: &str, dtype: DType) -> Result<CudaFunction> {
+    let name = match dtype {
+        DType::F32 => format!("{base}_f32"),
+        DType::F16 => format!("{base}_f16"),
+        DType::BF16 => format!("{base}_bf16"),
         other => candle_core::bail!("tessera's CUDA kernels: unsupported dtype {other:?}"),
-    })
+    };
+    function(device, &name)
+        .ok_or_else(|| candle_core::Error::Msg(format!("CUDA kernel {name} not loaded")))
 }
 
 /// Grid for an element-wise kernel over `total` values, 256 threads a block.
@@ -150,8 +149,7 @@ struct Softmax;
 
 fn softmax<T: Element>(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
     let device = s.device().clone();
-    let name = format!("softmax_{}", suffix(s.dtype())?);
-    let f = function(&device, &name).ok_or_else(|| launch_error(&name))?;
+    let f = kernel(&device, "softmax", s.dtype())?;
     let cols = *l.dims().last().unwrap_or(&1);
     let rows = l.shape().elem_count() / cols.max(1);
     let stream = device.cuda_stream();
@@ -210,10 +208,8 @@ fn group_norm_typed<T: Element>(
         );
     }
     let device = s.device().clone();
-    let sfx = suffix(s.dtype())?;
-    let (stats_name, apply_name) = (format!("group_stats_{sfx}"), format!("group_apply_{sfx}"));
-    let stats_fn = function(&device, &stats_name).ok_or_else(|| launch_error(&stats_name))?;
-    let apply_fn = function(&device, &apply_name).ok_or_else(|| launch_error(&apply_name))?;
+    let stats_fn = kernel(&device, "group_stats", s.dtype())?;
+    let apply_fn = kernel(&device, "group_apply", s.dtype())?;
     let stream = device.cuda_stream();
     let wrap = candle_core::Error::wrap;
     let x = s.as_cuda_slice::<T>()?.slice(l.start_offset()..);
@@ -288,8 +284,7 @@ fn geglu_typed<T: Element>(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, 
     *last = inner;
     let rows = l.shape().elem_count() / (2 * inner).max(1);
     let device = s.device().clone();
-    let name = format!("geglu_{}", suffix(s.dtype())?);
-    let f = function(&device, &name).ok_or_else(|| launch_error(&name))?;
+    let f = kernel(&device, "geglu", s.dtype())?;
     let stream = device.cuda_stream();
     let h = s.as_cuda_slice::<T>()?.slice(l.start_offset()..);
     // SAFETY: the kernel writes every element.

@@ -123,6 +123,15 @@ fn io(e: std::io::Error) -> candle_core::Error {
     candle_core::Error::Msg(format!("tiled VAE scratch file: {e}"))
 }
 
+/// `f` of `t`'s values as f32 on the host: read in place where `t` already is a contiguous
+/// host f32 tensor, else from a converted copy.
+fn host_f32(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<()>) -> Result<()> {
+    match crate::kernels::usable(t) {
+        true => crate::kernels::with_f32(t, f)?,
+        false => f(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
+    }
+}
+
 fn scratch_file(bytes: u64) -> Result<File> {
     let dir = std::env::var_os("TESSERA_TMPDIR")
         .map(Into::into)
@@ -190,27 +199,21 @@ impl Store {
                 };
                 bands.push((y, band))
             }
-            Place::Ram(data) => {
-                let mut copy = |src: &[f32]| {
-                    for (ch, plane) in src.chunks_exact(rows * w).enumerate() {
-                        let at = ch * h * w_ + y * w_;
-                        data[at..at + rows * w].copy_from_slice(plane);
-                    }
-                };
-                // A host f32 band is read in place, not copied out first.
-                match crate::kernels::usable(t) {
-                    true => crate::kernels::with_f32(t, copy)?,
-                    false => copy(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
+            Place::Ram(data) => host_f32(t, |src| {
+                for (ch, plane) in src.chunks_exact(rows * w).enumerate() {
+                    let at = ch * h * w_ + y * w_;
+                    data[at..at + rows * w].copy_from_slice(plane);
                 }
-            }
-            Place::File(file) => {
-                let src: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                Ok(())
+            })?,
+            Place::File(file) => host_f32(t, |src| {
                 for (ch, plane) in src.chunks_exact(rows * w).enumerate() {
                     let at = ((ch * h + y) * w_ * 4) as u64;
                     file.write_all_at(bytemuck::cast_slice(plane), at)
                         .map_err(io)?;
                 }
-            }
+                Ok(())
+            })?,
         }
         Ok(())
     }
