@@ -17,6 +17,8 @@ use super::online_softmax::State;
 
 use rayon::prelude::*;
 
+/// Keys per panel of transposed keys: one score tile's width.
+const PANEL: usize = 64;
 /// Queries per register tile.
 const R: usize = 6;
 /// Queries per task (16 tiles), sharing each key chunk while it is in cache.
@@ -67,8 +69,10 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: Shape, scale: f32, out: &mu
     });
 }
 
-/// Keys and values of one head laid out for the tiles: keys transposed and scaled
-/// (`d x m16`), values padded to 16 columns (`m x dv`). Built once, then attended by any
+/// Keys and values of one head laid out for the tiles: keys scaled and transposed in panels of
+/// [`PANEL`] keys (`d x PANEL` each, so a tile reads one contiguous stream; transposed whole,
+/// rows `4 m` bytes apart mapped onto the same L1 sets at 4096 tokens and the kernel stalled
+/// on its key loads), values padded to 16 columns (`m x dv`). Built once, then attended by any
 /// number of query blocks (the tiled VAE fills it band by band).
 pub struct Keys {
     kt: Vec<f32>,
@@ -76,28 +80,29 @@ pub struct Keys {
     d: usize,
     dv: usize,
     m: usize,
-    m16: usize,
+    panels: usize,
     scale: f32,
 }
 
 impl Keys {
     pub fn new(d: usize, m: usize, scale: f32) -> Self {
-        let (m16, dv) = (m.div_ceil(16) * 16, d.div_ceil(16) * 16);
+        let (panels, dv) = (m.div_ceil(PANEL), d.div_ceil(16) * 16);
         Self {
-            kt: vec![0f32; d * m16],
+            kt: vec![0f32; d * panels * PANEL],
             vp: vec![0f32; m * dv],
             d,
             dv,
             m,
-            m16,
+            panels,
             scale,
         }
     }
 
     /// Key and value `j` (each `d` values).
     pub fn set(&mut self, j: usize, key: &[f32], value: &[f32]) {
+        let panel = &mut self.kt[j / PANEL * self.d * PANEL..][..self.d * PANEL];
         for (t, &x) in key.iter().enumerate() {
-            self.kt[t * self.m16 + j] = x * self.scale;
+            panel[t * PANEL + j % PANEL] = x * self.scale;
         }
         self.vp[j * self.dv..j * self.dv + self.d].copy_from_slice(value);
     }
@@ -133,9 +138,9 @@ impl Keys {
     ) where
         Self: 'o,
     {
-        let chunk = (CHUNK_FLOATS / (self.d + self.dv) / 64 * 64)
-            .max(64)
-            .min(self.m16);
+        let chunk = (CHUNK_FLOATS / (self.d + self.dv) / PANEL * PANEL)
+            .max(PANEL)
+            .min(self.panels * PANEL);
         let mut scores = vec![0f32; R * chunk];
         for q0 in (0..rows).step_by(QB) {
             let n = QB.min(rows - q0);
@@ -173,7 +178,7 @@ impl Keys {
     unsafe fn scores(&self, qs: &[&[f32]; R], j0: usize, len: usize, out: &mut [f32]) -> [f32; R] {
         let chunk = out.len() / R;
         let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); R];
-        for j in (0..len).step_by(64) {
+        for j in (0..len).step_by(PANEL) {
             let at = out.as_mut_ptr().add(j);
             let valid = len - j;
             match valid.div_ceil(16).min(4) {
@@ -200,9 +205,9 @@ impl Keys {
         max: &mut [__m512; R],
     ) {
         let mut acc = [[_mm512_setzero_ps(); V]; R];
-        let base = self.kt.as_ptr().add(j);
+        let base = self.kt.as_ptr().add(j / PANEL * self.d * PANEL);
         for t in 0..self.d {
-            let row = base.add(t * self.m16);
+            let row = base.add(t * PANEL);
             let kv: [__m512; V] = std::array::from_fn(|i| _mm512_loadu_ps(row.add(16 * i)));
             for (a, q) in acc.iter_mut().zip(qs) {
                 let b = _mm512_set1_ps(*q.get_unchecked(t));
