@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod conv;
+mod conv_bands;
 #[cfg(feature = "cuda")]
 pub mod cuda_kernels;
 #[cfg(feature = "cudnn")]
