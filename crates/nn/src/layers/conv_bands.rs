@@ -1,6 +1,6 @@
 //! candle's `conv2d` with its im2col buffer bounded: on a GPU the buffer is k² times the input,
 //! so a large convolution runs in bands of output rows (the same sums per output value, so the
-//! same result). [`super::conv::Conv2d`] calls it wherever tessera's own kernels do not run.
+//! same result). `Conv2d` calls it wherever tessera's own kernels do not run.
 
 use crate::kernels::conv as k;
 use candle_core::{Result, Tensor};
