@@ -91,6 +91,7 @@ pub fn run() -> Vec<Figure> {
             h,
             w,
             upsample: false,
+            crop: (0, 0),
             pre: None,
         };
         conv::conv2d(&input, &weight, cout, g, conv::Init::default(), &mut y)
@@ -106,6 +107,7 @@ pub fn run() -> Vec<Figure> {
             h,
             w,
             upsample: false,
+            crop: (0, 0),
             pre: None,
         };
         conv::im2col_gemm(&input, &weight, cout, g, conv::Init::default(), &mut y)

@@ -33,7 +33,8 @@ pub fn conv2d(
     out: &mut [f32],
 ) {
     let (_, wo) = g.out_dims(input.dims());
-    let direct_1x1 = g.k == 1 && input.pre.is_none() && input.sources.len() == 1 && !input.upsample;
+    let direct_1x1 =
+        g.k == 1 && input.pre.is_none() && input.sources.len() == 1 && input.as_stored();
     if super::direct::applies(&g, wo) && !direct_1x1 && direct_enabled() {
         return super::direct::conv2d(input, weight, cout, g, init, out);
     }
@@ -73,7 +74,7 @@ pub fn im2col_gemm(
                 vec![(owned, cin)]
             }
         };
-        let direct = g.k == 1 && g.stride == 1 && g.pad == (0, 0, 0, 0) && !input.upsample;
+        let direct = g.k == 1 && g.stride == 1 && g.pad == (0, 0, 0, 0) && input.as_stored();
         if direct && sources.len() == 1 {
             // A 1x1 convolution is a product with the input itself.
             // SAFETY: weight is cout x cin, the source cin x plane, out cout x plane.
@@ -200,7 +201,7 @@ fn im2col(
                     out_row.fill(0.0);
                     continue;
                 }
-                let line = &src[(yl as usize >> up) * ws..][..ws];
+                let line = &src[input.source_row(yl as usize) * ws..][..ws];
                 for (xo, o) in out_row.iter_mut().enumerate() {
                     let xl = (xo * g.stride + kx) as isize - pl as isize;
                     *o = if xl < 0 || xl >= wl as isize {
@@ -279,6 +280,7 @@ mod tests {
             h,
             w,
             upsample: false,
+            crop: (0, 0),
             pre: None,
         };
         let init = Init {
@@ -351,48 +353,59 @@ mod tests {
         }
     }
 
+    /// Both kernels (the direct one from 16 output columns), with the upsampled rows cropped
+    /// as a band of the tiled VAE crops them.
     #[test]
-    fn concatenation_upsampling_and_the_pre_op_read_by_index() {
-        let (c1, c2, cout, h, w) = (3, 2, 4, 5, 6);
+    fn concatenation_upsampling_cropping_and_the_pre_op_read_by_index() {
+        let (c1, c2, cout, h, w) = (3, 2, 4, 5, 9);
         let a = values(c1 * h * w, 4);
         let b = values(c2 * h * w, 5);
         let scale = values(c1 + c2, 6);
         let shift = values(c1 + c2, 7);
         let weight = values(cout * (c1 + c2) * 9, 8);
         let bias = vec![0f32; cout];
-        // The same input built by hand: concatenated, activated, upsampled.
-        let mut x = Vec::new();
-        for (c, plane) in a.chunks(h * w).chain(b.chunks(h * w)).enumerate() {
-            for y in 0..2 * h {
-                for xx in 0..2 * w {
-                    x.push(silu(plane[(y / 2) * w + xx / 2] * scale[c] + shift[c]));
-                }
-            }
-        }
         let g = Geometry {
             k: 3,
             stride: 1,
             pad: (1, 1, 1, 1),
         };
-        let want = reference(&x, c1 + c2, 2 * h, 2 * w, &weight, &bias, cout, g);
-        let input = Input {
-            sources: vec![(&a, c1), (&b, c2)],
-            h,
-            w,
-            upsample: true,
-            pre: Some(Pre {
-                scale: &scale,
-                shift: &shift,
-                silu: true,
-            }),
-        };
-        let mut got = vec![0f32; want.len()];
-        conv2d(&input, &weight, cout, g, Init::default(), &mut got);
-        let err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(err < 1e-4, "{err}");
+        for crop in [(0, 0), (1, 0), (0, 1), (1, 1), (3, 2)] {
+            // The same input built by hand: concatenated, activated, upsampled, cropped.
+            let rows = crop.0..2 * h - crop.1;
+            let mut x = Vec::new();
+            for (c, plane) in a.chunks(h * w).chain(b.chunks(h * w)).enumerate() {
+                for y in rows.clone() {
+                    for xx in 0..2 * w {
+                        x.push(silu(plane[(y / 2) * w + xx / 2] * scale[c] + shift[c]));
+                    }
+                }
+            }
+            let want = reference(&x, c1 + c2, rows.len(), 2 * w, &weight, &bias, cout, g);
+            let input = Input {
+                sources: vec![(&a, c1), (&b, c2)],
+                h,
+                w,
+                upsample: true,
+                crop,
+                pre: Some(Pre {
+                    scale: &scale,
+                    shift: &shift,
+                    silu: true,
+                }),
+            };
+            for direct in [true, false] {
+                let mut got = vec![f32::NAN; want.len()];
+                match direct {
+                    true => conv2d(&input, &weight, cout, g, Init::default(), &mut got),
+                    false => im2col_gemm(&input, &weight, cout, g, Init::default(), &mut got),
+                }
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(err < 1e-4, "crop {crop:?}, direct {direct}: {err}");
+            }
+        }
     }
 }

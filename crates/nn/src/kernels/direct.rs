@@ -62,7 +62,7 @@ fn lay_out(input: &Input, g: &Geometry, wp: usize, buf: &mut [f32]) {
                     row.fill(0.0);
                     continue;
                 }
-                let line = &src[(yl as usize >> up) * ws..][..ws];
+                let line = &src[input.source_row(yl as usize) * ws..][..ws];
                 row[..pl].fill(0.0);
                 let body = &mut row[pl..pl + wl];
                 match up {

@@ -17,6 +17,9 @@ pub struct Input<'a> {
     pub w: usize,
     /// Nearest-neighbour 2x upsampling before the convolution.
     pub upsample: bool,
+    /// Rows of the (upsampled) input left out at the top and bottom: a band of the tiled VAE
+    /// may start or end between the two copies of an upsampled row.
+    pub crop: (usize, usize),
     pub pre: Option<Pre<'a>>,
 }
 
@@ -27,10 +30,21 @@ impl Input<'_> {
 
     /// The size the kernel sees (after upsampling).
     pub fn dims(&self) -> (usize, usize) {
-        match self.upsample {
+        let (h, w) = match self.upsample {
             true => (2 * self.h, 2 * self.w),
             false => (self.h, self.w),
-        }
+        };
+        (h - self.crop.0 - self.crop.1, w)
+    }
+
+    /// Whether the kernel reads the sources as they are (no upsampling, no crop).
+    pub fn as_stored(&self) -> bool {
+        !self.upsample && self.crop == (0, 0)
+    }
+
+    /// The source row of row `y` of what the kernel sees.
+    pub fn source_row(&self, y: usize) -> usize {
+        (y + self.crop.0) >> usize::from(self.upsample)
     }
 }
 

@@ -100,6 +100,9 @@ pub struct Fused<'a> {
     pub concat: Option<&'a Tensor>,
     /// Nearest 2x upsampling of the input before the convolution.
     pub upsample: bool,
+    /// Rows of the (upsampled) input left out at the top and bottom (a band of the tiled VAE
+    /// that starts or ends between the two copies of an upsampled row).
+    pub crop_rows: (usize, usize),
     /// A GroupNorm (+ SiLU) of the (concatenated) input, applied first.
     pub pre: Option<&'a Affine>,
     /// `(batch, cout)` (or `(1, cout)` for every batch item) values added to every pixel of
@@ -198,7 +201,8 @@ impl Conv2d {
         let c2 = f.concat.map(|c| c.dim(1)).transpose()?.unwrap_or(0);
         let cout = self.out_channels();
         let g = self.geometry(f);
-        let input_dims = if f.upsample { (2 * h, 2 * w) } else { (h, w) };
+        let (hu, wu) = if f.upsample { (2 * h, 2 * w) } else { (h, w) };
+        let input_dims = (hu - f.crop_rows.0 - f.crop_rows.1, wu);
         let (ho, wo) = g.out_dims(input_dims);
         let plane = cout * ho * wo;
         let per_channel = f
@@ -226,6 +230,7 @@ impl Conv2d {
                                     h,
                                     w,
                                     upsample: f.upsample,
+                                    crop: f.crop_rows,
                                     pre,
                                 };
                                 let init = k::Init {
@@ -265,6 +270,10 @@ impl Conv2d {
         if f.upsample {
             let (_, _, h, w) = x.dims4()?;
             x = x.upsample_nearest2d(2 * h, 2 * w)?;
+        }
+        if let (top, bottom @ 1..) | (top @ 1.., bottom) = f.crop_rows {
+            let h = x.dim(2)?;
+            x = x.narrow(2, top, h - top - bottom)?.contiguous()?;
         }
         let g = self.geometry(f);
         let (t, b, l, r) = g.pad;

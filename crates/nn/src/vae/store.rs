@@ -7,6 +7,7 @@
 
 use crate::runtime::host;
 use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
 use std::cell::Cell;
 use std::fs::File;
 use std::ops::Range;
@@ -60,12 +61,13 @@ impl Scratch {
     /// `n` zeroed values, in the spare store memory when it is large enough.
     fn ram(&self, n: usize) -> Vec<f32> {
         match self.spare.take() {
-            Some(mut v) if v.capacity() >= n => {
-                v.clear();
-                v.resize(n, 0.0);
+            // SAFETY: f32 has no invalid bit patterns, and every row of a store is written
+            // before any is read (layers run one after the other, band by band).
+            Some(mut v) if v.capacity() >= n => unsafe {
+                v.set_len(n);
                 v
-            }
-            _ => vec![0f32; n],
+            },
+            _ => crate::kernels::unfilled(n),
         }
     }
 
@@ -199,11 +201,12 @@ impl Store {
                 };
                 bands.push((y, band))
             }
+            // One task per channel: a serial copy left the other cores idle (and took the
+            // fresh pages' faults on one thread).
             Place::Ram(data) => host_f32(t, |src| {
-                for (ch, plane) in src.chunks_exact(rows * w).enumerate() {
-                    let at = ch * h * w_ + y * w_;
-                    data[at..at + rows * w].copy_from_slice(plane);
-                }
+                data.par_chunks_mut(h * w_)
+                    .zip(src.par_chunks_exact(rows * w))
+                    .for_each(|(dst, plane)| dst[y * w_..][..rows * w].copy_from_slice(plane));
                 Ok(())
             })?,
             Place::File(file) => host_f32(t, |src| {
@@ -240,11 +243,10 @@ impl Store {
                 Tensor::cat(&parts, 2)
             }
             Place::Ram(data) => {
-                let mut out = Vec::with_capacity(c * n * w);
-                for ch in 0..c {
-                    let at = ch * self.h * w + rows.start * w;
-                    out.extend_from_slice(&data[at..at + n * w]);
-                }
+                let (h, mut out) = (self.h, crate::kernels::unfilled(c * n * w));
+                out.par_chunks_mut(n * w).enumerate().for_each(|(ch, o)| {
+                    o.copy_from_slice(&data[(ch * h + rows.start) * w..][..n * w])
+                });
                 Tensor::from_vec(out, (1, c, n, w), &host())
             }
             Place::File(file) => {

@@ -103,21 +103,17 @@ impl Segment<'_> {
             Sampling::Same => self.conv.forward_fused(&x, fused((pt, pb, 1, 1))),
             Sampling::Down2 => self.conv.forward_fused(&x, fused((0, pb, 0, 1))),
             Sampling::Up2 => {
-                let x = match &self.pre {
-                    Some(a) => a.apply(&x)?,
-                    None => x,
-                };
-                let (_, _, h, w) = x.dims4()?;
-                // The upsampled rows [rows.start-1, rows.end+1) within the image.
+                // The upsampled rows [rows.start-1, rows.end+1) within the image, read from
+                // the band's input rows by index (no upsampled copy).
                 let top = rows.start.saturating_sub(1) - 2 * ir.start;
                 let uh = rows.len() + 2 - pt - pb;
-                let up = x.upsample_nearest2d(2 * h, 2 * w)?.narrow(2, top, uh)?;
+                let bottom = 2 * ir.len() - top - uh;
                 let fused = Fused {
-                    residual,
-                    padding: Some((pt, pb, 1, 1)),
-                    ..Default::default()
+                    upsample: true,
+                    crop_rows: (top, bottom),
+                    ..fused((pt, pb, 1, 1))
                 };
-                self.conv.forward_fused(&up.contiguous()?, fused)
+                self.conv.forward_fused(&x, fused)
             }
         }
     }
