@@ -201,8 +201,8 @@ impl Store {
                 };
                 bands.push((y, band))
             }
-            // One task per channel: a serial copy left the other cores idle (and took the
-            // fresh pages' faults on one thread).
+            // One task per channel, in RAM and in files: a serial copy left the other cores
+            // idle (and took the fresh pages' faults on one thread).
             Place::Ram(data) => host_f32(t, |src| {
                 data.par_chunks_mut(h * w_)
                     .zip(src.par_chunks_exact(rows * w))
@@ -210,12 +210,13 @@ impl Store {
                 Ok(())
             })?,
             Place::File(file) => host_f32(t, |src| {
-                for (ch, plane) in src.chunks_exact(rows * w).enumerate() {
-                    let at = ((ch * h + y) * w_ * 4) as u64;
-                    file.write_all_at(bytemuck::cast_slice(plane), at)
-                        .map_err(io)?;
-                }
-                Ok(())
+                src.par_chunks_exact(rows * w)
+                    .enumerate()
+                    .try_for_each(|(ch, plane)| {
+                        let at = ((ch * h + y) * w_ * 4) as u64;
+                        file.write_all_at(bytemuck::cast_slice(plane), at)
+                            .map_err(io)
+                    })
             })?,
         }
         Ok(())
@@ -250,12 +251,15 @@ impl Store {
                 Tensor::from_vec(out, (1, c, n, w), &host())
             }
             Place::File(file) => {
-                let mut data = vec![0f32; c * n * w];
-                for (ch, plane) in data.chunks_exact_mut(n * w).enumerate() {
-                    let at = ((ch * self.h + rows.start) * w * 4) as u64;
-                    file.read_exact_at(bytemuck::cast_slice_mut(plane), at)
-                        .map_err(io)?;
-                }
+                // `read_exact_at` fills every plane or fails.
+                let (h, mut data) = (self.h, crate::kernels::unfilled(c * n * w));
+                data.par_chunks_exact_mut(n * w)
+                    .enumerate()
+                    .try_for_each(|(ch, plane)| {
+                        let at = ((ch * h + rows.start) * w * 4) as u64;
+                        file.read_exact_at(bytemuck::cast_slice_mut(plane), at)
+                            .map_err(io)
+                    })?;
                 Tensor::from_vec(data, (1, c, n, w), &host())
             }
         }
