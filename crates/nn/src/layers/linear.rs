@@ -5,6 +5,7 @@
 use crate::kernels::{self, gemm};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 pub struct Linear {
     inner: candle_nn::Linear,
@@ -60,16 +61,21 @@ impl Linear {
             kernels::with_f32(w, |ws| {
                 let fill = |res: &[f32]| {
                     kernels::new_f32(dims.clone(), |out| {
-                        for (r, row) in out.chunks_mut(cout).enumerate() {
-                            match &self.bias_f32 {
-                                Some(b) => row.copy_from_slice(b),
-                                None => row.fill(0.0),
-                            }
-                            if !res.is_empty() {
-                                let res = &res[r * cout..(r + 1) * cout];
-                                row.iter_mut().zip(res).for_each(|(o, &v)| *o += v);
-                            }
-                        }
+                        // In parallel: the first writes to a fresh output take its page
+                        // faults, which on one thread left the other core idle.
+                        out.par_chunks_mut(cout)
+                            .enumerate()
+                            .with_min_len(64)
+                            .for_each(|(r, row)| {
+                                match &self.bias_f32 {
+                                    Some(b) => row.copy_from_slice(b),
+                                    None => row.fill(0.0),
+                                }
+                                if !res.is_empty() {
+                                    let res = &res[r * cout..(r + 1) * cout];
+                                    row.iter_mut().zip(res).for_each(|(o, &v)| *o += v);
+                                }
+                            });
                         // SAFETY: x is rows x cin, the weight cout x cin read transposed, out
                         // rows x cout.
                         unsafe {
