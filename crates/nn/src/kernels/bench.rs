@@ -41,6 +41,26 @@ pub fn run() -> Vec<Figure> {
         (64, 4096, 40, "gemm attention QKᵀ 64x4096x40"),
         (64, 40, 4096, "gemm attention PV 64x40x4096"),
     ] {
+        out.push(product(m, n, k, what, false));
+    }
+    // The UNet's linear layers at a CFG step (batch 2), weights `(out, in)` read transposed as
+    // `layers::Linear` reads them.
+    for (m, n, k, what) in [
+        (8192, 320, 320, "Linear 8192x320 <- 320"),
+        (8192, 2560, 320, "Linear 8192x2560 <- 320 (GEGLU)"),
+        (8192, 320, 1280, "Linear 8192x320 <- 1280 (FF out)"),
+        (2048, 640, 640, "Linear 2048x640 <- 640"),
+        (512, 1280, 1280, "Linear 512x1280 <- 1280"),
+    ] {
+        out.push(product(m, n, k, what, true));
+    }
+    out.extend(rest());
+    out
+}
+
+/// `m x k` times `k x n` (or the transpose of an `n x k` weight), timed.
+fn product(m: usize, n: usize, k: usize, what: &str, weight_rows: bool) -> Figure {
+    {
         let (a, b) = (values(m * k), values(k * n));
         let mut c = vec![0f32; m * n];
         let seconds = time(|| unsafe {
@@ -52,16 +72,23 @@ pub fn run() -> Vec<Figure> {
                 n,
                 false,
                 gemm::View::rows(&a, k),
-                gemm::View::rows(&b, n),
+                match weight_rows {
+                    true => gemm::View::transposed(&b, k),
+                    false => gemm::View::rows(&b, n),
+                },
                 1.0,
             )
         });
-        out.push(Figure {
+        Figure {
             what: what.into(),
             gflop: 2.0 * (m * n * k) as f64 / 1e9,
             seconds,
-        });
+        }
     }
+}
+
+fn rest() -> Vec<Figure> {
+    let mut out = Vec::new();
     let mut scores = values(256 * 4096);
     let seconds = time(|| scores.chunks_mut(4096).for_each(super::math::softmax_row));
     out.push(Figure {
