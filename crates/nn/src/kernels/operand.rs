@@ -30,11 +30,7 @@ impl Input<'_> {
 
     /// The size the kernel sees (after upsampling).
     pub fn dims(&self) -> (usize, usize) {
-        let (h, w) = match self.upsample {
-            true => (2 * self.h, 2 * self.w),
-            false => (self.h, self.w),
-        };
-        (h - self.crop.0 - self.crop.1, w)
+        seen_dims((self.h, self.w), self.upsample, self.crop)
     }
 
     /// Whether the kernel reads the sources as they are (no upsampling, no crop).
@@ -46,6 +42,13 @@ impl Input<'_> {
     pub fn source_row(&self, y: usize) -> usize {
         (y + self.crop.0) >> usize::from(self.upsample)
     }
+}
+
+/// The size a kernel sees of an `(h, w)` source: upsampled 2x or not, then `crop` rows left
+/// out at the top and bottom.
+pub fn seen_dims((h, w): (usize, usize), upsample: bool, crop: (usize, usize)) -> (usize, usize) {
+    let up = usize::from(upsample);
+    ((h << up) - crop.0 - crop.1, w << up)
 }
 
 /// Kernel size, stride and zero padding (top, bottom, left, right).

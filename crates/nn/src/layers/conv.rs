@@ -201,8 +201,7 @@ impl Conv2d {
         let c2 = f.concat.map(|c| c.dim(1)).transpose()?.unwrap_or(0);
         let cout = self.out_channels();
         let g = self.geometry(f);
-        let (hu, wu) = if f.upsample { (2 * h, 2 * w) } else { (h, w) };
-        let input_dims = (hu - f.crop_rows.0 - f.crop_rows.1, wu);
+        let input_dims = k::seen_dims((h, w), f.upsample, f.crop_rows);
         let (ho, wo) = g.out_dims(input_dims);
         let plane = cout * ho * wo;
         let per_channel = f
@@ -271,8 +270,8 @@ impl Conv2d {
             let (_, _, h, w) = x.dims4()?;
             x = x.upsample_nearest2d(2 * h, 2 * w)?;
         }
-        if let (top, bottom @ 1..) | (top @ 1.., bottom) = f.crop_rows {
-            let h = x.dim(2)?;
+        if f.crop_rows != (0, 0) {
+            let ((top, bottom), h) = (f.crop_rows, x.dim(2)?);
             x = x.narrow(2, top, h - top - bottom)?.contiguous()?;
         }
         let g = self.geometry(f);
