@@ -25,6 +25,9 @@ pub enum BenchCommand {
         latent: usize,
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// Also run the f32 UNet on the same input and print how far the output is from it.
+        #[arg(long)]
+        against_f32: bool,
     },
     /// Throughput of tessera's CPU kernels on SD 1.5's shapes, and which instruction set ran.
     Kernels,
@@ -93,12 +96,14 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             batch,
             latent,
             repeat,
+            against_f32,
         } => bench::unet(
             &ModelDir::open(model)?,
             &runtime(dtype, device)?,
             *batch,
             *latent,
             *repeat,
+            *against_f32,
         )?,
         BenchCommand::VaeDecode {
             model,

@@ -152,11 +152,15 @@ impl Runtime {
 
     /// A line for the user when the convolutional networks compute in another dtype than asked.
     pub fn conv_note(&self) -> Option<String> {
-        (self.conv_dtype() != self.conv_weight_dtype()).then(|| {
-            format!(
+        let bf16_kernels = self.precision == Precision::BF16 && crate::kernels::bf16::available();
+        (self.conv_dtype() != self.conv_weight_dtype()).then(|| match bf16_kernels {
+            true => "note: on this CPU (AVX512_BF16) the UNet's convolutions and linear layers \
+                     multiply in bf16 with f32 sums; activations, norms and attention stay f32"
+                .to_string(),
+            false => format!(
                 "note: on the CPU the UNet keeps its weights in {} and computes in f32",
                 self.precision.name()
-            )
+            ),
         })
     }
 

@@ -75,13 +75,15 @@ fn timed(rt: &Runtime, repeat: usize, mut f: impl FnMut() -> Result<()>) -> Resu
         .collect()
 }
 
-/// One UNet forward on a (batch, 4, latent, latent) input with random text embeddings.
+/// One UNet forward on a (batch, 4, latent, latent) input with random text embeddings;
+/// `against_f32`: the output also compared with the f32 UNet's on the same input.
 pub fn unet(
     dir: &ModelDir,
     rt: &Runtime,
     batch: usize,
     latent: usize,
     repeat: usize,
+    against_f32: bool,
 ) -> Result<BenchReport> {
     let cfg = dir.unet_config()?;
     let dtype = rt.conv_dtype();
@@ -105,18 +107,45 @@ pub fn unet(
     };
     let at = Placement::whole((8 * latent, 8 * latent));
     let weights = rt.conv_weight_dtype();
-    let notes = vec![format!(
-        "loaded UNet (weights {weights:?}, computing in {dtype:?}); RSS {}",
+    let mut notes = vec![format!(
+        "loaded UNet (weights {weights:?}, activations {dtype:?}{}); RSS {}",
+        rt.conv_note().map_or(String::new(), |n| format!("; {n}")),
         mib(rss_bytes())
     )];
+    let mut out = None;
     let (times, peak_device_bytes) = time_runs(rt, repeat, || {
-        unet.predict(&x, 500.0, &emb, pooled.as_ref(), std::slice::from_ref(&at))?;
+        out = Some(unet.predict(&x, 500.0, &emb, pooled.as_ref(), std::slice::from_ref(&at))?);
         Ok(())
     })?;
+    let peak_rss = peak_rss_bytes();
+    if let (true, Some(out)) = (against_f32, out) {
+        drop(unet);
+        let f32_rt = rt.with_precision(tessera_core::choices::Precision::F32);
+        let reference = dir.load_unet(&f32_rt, DType::F32)?;
+        let wide = |t: &Tensor| t.to_dtype(DType::F32);
+        let want = reference.predict(
+            &wide(&x)?,
+            500.0,
+            &wide(&emb)?,
+            pooled.as_ref().map(wide).transpose()?.as_ref(),
+            std::slice::from_ref(&at),
+        )?;
+        let diff = (wide(&out)? - &want)?;
+        let norm = |t: &Tensor| -> Result<f64> {
+            Ok(t.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64)
+        };
+        let max =
+            |t: &Tensor| -> Result<f64> { Ok(t.abs()?.max_all()?.to_scalar::<f32>()? as f64) };
+        notes.push(format!(
+            "against the f32 UNet: relative L2 {:.3e}, max |diff| / max |f32| {:.3e}",
+            norm(&diff)? / norm(&want)?,
+            max(&diff)? / max(&want)?
+        ));
+    }
     Ok(BenchReport {
         what: format!("UNet forward ({batch},4,{latent},{latent}) {weights:?} weights"),
         times,
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: peak_rss,
         peak_device_bytes,
         notes,
     })

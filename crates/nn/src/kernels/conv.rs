@@ -61,7 +61,7 @@ pub fn im2col_gemm(
     let plane = ho * wo;
     debug_assert_eq!(weight.len(), cout * cin * g.k * g.k);
     debug_assert_eq!(out.len(), cout * plane);
-    fill_init(out, plane, init);
+    init.fill(out, plane);
     ACTIVATED.with(|act| {
         let mut act = act.borrow_mut();
         // The sources as the kernel reads them: through the pre-op when there is one.
@@ -123,21 +123,6 @@ pub fn im2col_gemm(
             }
         });
     });
-}
-
-fn fill_init(out: &mut [f32], plane: usize, init: Init) {
-    out.par_chunks_mut(plane.max(1))
-        .enumerate()
-        .for_each(|(c, o)| {
-            let v = init.bias.map_or(0.0, |b| b[c]) + init.per_channel.map_or(0.0, |p| p[c]);
-            match init.residual {
-                Some(res) => {
-                    let res = &res[c * plane..(c + 1) * plane];
-                    o.iter_mut().zip(res).for_each(|(o, &r)| *o = r + v);
-                }
-                None => o.fill(v),
-            }
-        });
 }
 
 /// The input's channels through the pre-op, one plane per channel, into `act`.

@@ -37,47 +37,187 @@ pub fn applies(g: &Geometry, wo: usize) -> bool {
     }
 }
 
-/// The input as the kernel reads it: `(hp, cin, wp)`, zero-padded, pre-op applied.
-fn lay_out(input: &Input, g: &Geometry, wp: usize, buf: &mut [f32]) {
-    let (hs, ws) = (input.h, input.w);
-    let (hl, wl) = input.dims();
-    let up = usize::from(input.upsample);
-    let (pt, _, pl, _) = g.pad;
+/// The input's channel planes, in order.
+fn planes<'a>(input: &Input<'a>) -> Vec<&'a [f32]> {
+    let hw = input.h * input.w;
     let mut planes: Vec<&[f32]> = Vec::new();
     for (src, c) in &input.sources {
-        planes.extend(src.chunks(hs * ws).take(*c));
+        planes.extend(src.chunks(hw).take(*c));
     }
+    planes
+}
+
+/// Row `yp` of channel `c` of the input as the kernel reads it, zero-padded (`wp` values),
+/// pre-op applied, upsampling resolved.
+fn padded_row(input: &Input, plane: &[f32], g: &Geometry, c: usize, yp: usize, row: &mut [f32]) {
+    let ws = input.w;
+    let (hl, wl) = input.dims();
+    let (pt, _, pl, _) = g.pad;
+    let yl = yp as isize - pt as isize;
+    if yl < 0 || yl >= hl as isize {
+        row.fill(0.0);
+        return;
+    }
+    let line = &plane[input.source_row(yl as usize) * ws..][..ws];
+    row[..pl].fill(0.0);
+    let body = &mut row[pl..pl + wl];
+    match input.upsample {
+        false => body.copy_from_slice(line),
+        true => body
+            .iter_mut()
+            .enumerate()
+            .for_each(|(x, o)| *o = line[x >> 1]),
+    }
+    if let Some(p) = input.pre {
+        super::math::affine_inplace(body, p.scale[c], p.shift[c], p.silu);
+    }
+    row[pl + wl..].fill(0.0);
+}
+
+/// The input as the f32 kernel reads it: `(hp, cin, wp)`.
+fn lay_out(input: &Input, g: &Geometry, wp: usize, buf: &mut [f32]) {
+    let planes = planes(input);
     let cin = planes.len();
     buf.par_chunks_mut(cin * wp)
         .enumerate()
         .for_each(|(yp, rows)| {
-            let pre = input.pre.is_some();
-            for (c, (row, src)) in rows.chunks_mut(wp).zip(&planes).enumerate() {
-                let (scale, shift, silu) = match input.pre {
-                    Some(p) => (p.scale[c], p.shift[c], p.silu),
-                    None => (1.0, 0.0, false),
-                };
-                let yl = yp as isize - pt as isize;
-                if yl < 0 || yl >= hl as isize {
-                    row.fill(0.0);
-                    continue;
-                }
-                let line = &src[input.source_row(yl as usize) * ws..][..ws];
-                row[..pl].fill(0.0);
-                let body = &mut row[pl..pl + wl];
-                match up {
-                    0 => body.copy_from_slice(line),
-                    _ => body
-                        .iter_mut()
-                        .enumerate()
-                        .for_each(|(x, o)| *o = line[x >> 1]),
-                }
-                if pre {
-                    super::math::affine_inplace(body, scale, shift, silu);
-                }
-                row[pl + wl..].fill(0.0);
+            for (c, (row, plane)) in rows.chunks_mut(wp).zip(&planes).enumerate() {
+                padded_row(input, plane, g, c, yp, row);
             }
         });
+}
+
+/// The input as the bf16 kernel reads it: `(hp, cin/2, wp)` pairs of channels.
+fn lay_out_pairs(input: &Input, g: &Geometry, wp: usize, buf: &mut [u32]) {
+    let planes = planes(input);
+    let cin = planes.len();
+    buf.par_chunks_mut(cin.div_ceil(2) * wp)
+        .enumerate()
+        .for_each(|(yp, rows)| {
+            let (mut lo, mut hi) = (vec![0f32; wp], vec![0f32; wp]);
+            for (p, row) in rows.chunks_mut(wp).enumerate() {
+                padded_row(input, planes[2 * p], g, 2 * p, yp, &mut lo);
+                let hi = match planes.get(2 * p + 1) {
+                    Some(plane) => {
+                        padded_row(input, plane, g, 2 * p + 1, yp, &mut hi);
+                        Some(&hi[..])
+                    }
+                    None => None,
+                };
+                super::bf16::pair_rows(&lo, hi, row);
+            }
+        });
+}
+
+/// How one convolution's output is split into tasks: a row, a chunk of its column vectors, a
+/// group of output-channel blocks.
+struct Split {
+    chunk: usize,
+    chunks: usize,
+    groups: usize,
+    per_group: usize,
+}
+
+impl Split {
+    fn new(ho: usize, nvec: usize, blocks: usize, bytes_per_column: usize) -> Self {
+        let chunk = columns_per_task(bytes_per_column, nvec);
+        let chunks = nvec.div_ceil(chunk);
+        // Enough tasks for every thread even where rows are few (the UNet's 8x8 level).
+        let want = 4 * rayon::current_num_threads();
+        let groups = want.div_ceil(ho * chunks).clamp(1, blocks);
+        let per_group = blocks.div_ceil(groups);
+        Self {
+            chunk,
+            chunks,
+            groups,
+            per_group,
+        }
+    }
+
+    fn tasks(&self, ho: usize) -> usize {
+        ho * self.chunks * self.groups
+    }
+
+    /// A task's row, its column vectors and its output-channel blocks.
+    fn task(&self, task: usize, nvec: usize, blocks: usize) -> (usize, Range, Range) {
+        let (y, rest) = (
+            task / (self.chunks * self.groups),
+            task % (self.chunks * self.groups),
+        );
+        let (c, grp) = (rest / self.groups, rest % self.groups);
+        let vecs = c * self.chunk..((c + 1) * self.chunk).min(nvec);
+        let blocks = grp * self.per_group..((grp + 1) * self.per_group).min(blocks);
+        (y, vecs, blocks)
+    }
+}
+
+type Range = std::ops::Range<usize>;
+
+/// Convolve one batch item in bf16 (see [`super::bf16`]): `weight` packed by
+/// [`super::bf16::pack_conv`], `out` `(cout, ho, wo)`. Needs stride 1 and
+/// [`super::bf16::available`].
+pub fn conv2d_bf16(
+    input: &Input,
+    weight: &[u32],
+    cout: usize,
+    g: Geometry,
+    init: Init,
+    out: &mut [f32],
+) {
+    use super::bf16::{Tile, ROWS};
+    let cin2 = input.channels().div_ceil(2);
+    let (ho, wo) = g.out_dims(input.dims());
+    let plane = ho * wo;
+    init.fill(out, plane);
+    let nvec = wo.div_ceil(16);
+    let (hp, wp) = (ho + g.k - 1, nvec * 16 + g.k - 1);
+    let mut padded = vec![0u32; cin2 * hp * wp];
+    lay_out_pairs(input, &g, wp, &mut padded);
+    let kk = g.k * g.k;
+    let row_pitch = cin2 * wp;
+    let taps: Vec<(usize, usize)> = (0..kk)
+        .map(|t| (t * cin2, (t / g.k) * row_pitch + t % g.k))
+        .collect();
+    let blocks = cout.div_ceil(ROWS);
+    let split = Split::new(ho, nvec, blocks, cin2 * 4);
+    let out_ptr = SharedOut::new(out);
+    (0..split.tasks(ho)).into_par_iter().for_each(|task| {
+        let (y, vecs, blocks) = split.task(task, nvec, blocks);
+        for b in blocks {
+            let oc0 = b * ROWS;
+            let noc = ROWS.min(cout - oc0);
+            let a = std::array::from_fn(|j| {
+                weight[(oc0 + if j < noc { j } else { 0 }) * kk * cin2..].as_ptr()
+            });
+            for v0 in vecs.clone().step_by(NV) {
+                let x0 = v0 * 16;
+                let tile = Tile::<ROWS> {
+                    a,
+                    a_step: 1,
+                    b: padded[y * row_pitch + x0..].as_ptr(),
+                    b_step: wp,
+                    steps: cin2,
+                    taps: &taps,
+                    // SAFETY: channel oc0, row y, column x0 of out.
+                    dst: unsafe { out_ptr.ptr().add(oc0 * plane + y * wo + x0) },
+                    ld: plane,
+                    rows: noc,
+                    cols: (wo - x0).min(NV * 16),
+                };
+                // SAFETY: the caller checked `available`; the vectors read stay within the
+                // padded rows (wp covers every vector of the row plus the taps); this task
+                // alone writes these channels, row and columns.
+                unsafe {
+                    match NV.min(vecs.end - v0) {
+                        4 => tile.run::<4>(),
+                        3 => tile.run::<3>(),
+                        2 => tile.run::<2>(),
+                        _ => tile.run::<1>(),
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Convolve one batch item with the direct kernel (see [`applies`]); `out` is `(cout, ho, wo)`.
@@ -97,20 +237,13 @@ pub fn conv2d(
     let mut padded = super::unfilled(cin * hp * wp);
     lay_out(input, &g, wp, &mut padded);
     let blocks = cout.div_ceil(OC);
-    let chunk = columns_per_task(cin, nvec);
-    let chunks = nvec.div_ceil(chunk);
-    // Enough tasks for every thread even where rows are few (the UNet's 8x8 level).
-    let want = 4 * rayon::current_num_threads();
-    let groups = want.div_ceil(ho * chunks).clamp(1, blocks);
-    let per_group = blocks.div_ceil(groups);
+    let split = Split::new(ho, nvec, blocks, cin * 4);
     let out_ptr = SharedOut::new(out);
-    (0..ho * chunks * groups).into_par_iter().for_each(|task| {
-        let (y, rest) = (task / (chunks * groups), task % (chunks * groups));
-        let (c, grp) = (rest / groups, rest % groups);
-        let vecs = c * chunk..((c + 1) * chunk).min(nvec);
+    (0..split.tasks(ho)).into_par_iter().for_each(|task| {
+        let (y, vecs, blocks) = split.task(task, nvec, blocks);
         // Output-channel blocks inside, columns innermost: the chunk's input rows stay in L2
         // for every block, each block's weights in L1 for every column tile.
-        for b in grp * per_group..((grp + 1) * per_group).min(blocks) {
+        for b in blocks {
             let oc0 = b * OC;
             let noc = OC.min(cout - oc0);
             for v0 in vecs.clone().step_by(NV) {
@@ -150,9 +283,9 @@ pub fn conv2d(
 /// input channel) within about half of a 1 MiB L2, in whole tiles. A task used to take a whole
 /// output row: at 1024-2048 px (the VAE's full-width bands) its input no longer fit in L2 and
 /// every output-channel block streamed it again from L3.
-fn columns_per_task(cin: usize, nvec: usize) -> usize {
+fn columns_per_task(bytes_per_column: usize, nvec: usize) -> usize {
     const L2_SHARE: usize = 512 << 10;
-    let vecs = L2_SHARE / (3 * cin.max(1) * 16 * 4);
+    let vecs = L2_SHARE / (3 * bytes_per_column.max(1) * 16);
     (vecs / NV * NV).clamp(NV, nvec.max(NV))
 }
 

@@ -19,6 +19,7 @@
 
 pub mod attention;
 pub mod bench;
+pub mod bf16;
 pub mod conv;
 pub mod direct;
 pub mod flash;
@@ -57,7 +58,7 @@ pub fn new_f32(shape: impl Into<Shape>, fill: impl FnOnce(&mut [f32])) -> Result
     let n = shape.elem_count();
     let mut v = unfilled(n);
     fill(&mut v);
-    Tensor::from_vec(v, shape, &crate::runtime::host())
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
 }
 
 /// `(b, r, c)` -> `(b, c, r)`, contiguous. Host f32 tensors are transposed in 16 x 16 blocks

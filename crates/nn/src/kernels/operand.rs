@@ -77,3 +77,22 @@ pub struct Init<'a> {
     /// `(cout, ho, wo)` values to add.
     pub residual: Option<&'a [f32]>,
 }
+
+impl Init<'_> {
+    /// `out` (`cout` planes of `plane` values) set to what it holds before the product.
+    pub fn fill(&self, out: &mut [f32], plane: usize) {
+        use rayon::prelude::*;
+        out.par_chunks_mut(plane.max(1))
+            .enumerate()
+            .for_each(|(c, o)| {
+                let v = self.bias.map_or(0.0, |b| b[c]) + self.per_channel.map_or(0.0, |p| p[c]);
+                match self.residual {
+                    Some(res) => {
+                        let res = &res[c * plane..(c + 1) * plane];
+                        o.iter_mut().zip(res).for_each(|(o, &r)| *o = r + v);
+                    }
+                    None => o.fill(v),
+                }
+            });
+    }
+}

@@ -9,7 +9,13 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub struct Conv2d {
-    weight: Tensor,
+    /// `(cout, cin, k, k)`.
+    dims: [usize; 4],
+    /// As loaded; `None` when packed.
+    weight: Option<Tensor>,
+    /// bf16 weights of a stride-1 convolution on a CPU with AVX512_BF16, packed once for the
+    /// bf16 kernel ([`kernels::bf16::pack_conv`]) and kept only in that form.
+    pairs: Option<Vec<u32>>,
     bias: Option<Tensor>,
     /// The bias on the host as f32, for the kernel.
     bias_f32: Option<Vec<f32>>,
@@ -129,8 +135,17 @@ impl Conv2d {
             true => Some(bias.to_dtype(candle_core::DType::F32)?.to_vec1()?),
             false => None,
         };
+        let weight = vb.get((cout, cin, k, k), "weight")?;
+        let pairs = match stride == 1 && kernels::bf16::available() {
+            true => kernels::bf16::with_host_values(&weight, |w| {
+                kernels::bf16::pack_conv(w, cout, cin, k * k)
+            }),
+            false => None,
+        };
         Ok(Self {
-            weight: vb.get((cout, cin, k, k), "weight")?,
+            dims: [cout, cin, k, k],
+            weight: pairs.is_none().then_some(weight),
+            pairs,
             bias: Some(bias),
             bias_f32,
             stride,
@@ -149,7 +164,20 @@ impl Conv2d {
     }
 
     pub fn out_channels(&self) -> usize {
-        self.weight.dims()[0]
+        self.dims[0]
+    }
+
+    /// The weight as a tensor (unpacked again when packed).
+    fn weight(&self) -> Result<Tensor> {
+        match (&self.weight, &self.pairs) {
+            (Some(w), _) => Ok(w.clone()),
+            (None, Some(pairs)) => {
+                let [cout, cin, k, _] = self.dims;
+                let w = kernels::bf16::unpack_conv(pairs, cout, cin, k * k);
+                Tensor::from_vec(w, (cout, cin, k, k), &candle_core::Device::Cpu)
+            }
+            (None, None) => unreachable!("a convolution keeps its weight in one form"),
+        }
     }
 
     pub fn stride(&self) -> usize {
@@ -175,14 +203,16 @@ impl Conv2d {
 
     /// The convolution with the extras of `f`.
     pub fn forward_fused(&self, x: &Tensor, f: Fused) -> Result<Tensor> {
-        let weight = &kernels::in_dtype(&self.weight, x.dtype())?;
         let fast = kernels::usable(x)
-            && kernels::usable(weight)
             && f.concat.is_none_or(kernels::usable)
             && f.per_channel.is_none_or(kernels::usable)
             && f.residual.is_none_or(kernels::usable);
-        match fast {
-            true => self.kernel(x, weight, &f),
+        if let (true, Some(pairs)) = (fast, &self.pairs) {
+            return self.kernel(x, Kernel::Bf16(pairs), &f);
+        }
+        let weight = &kernels::in_dtype(&self.weight()?, x.dtype())?;
+        match fast && kernels::usable(weight) {
+            true => kernels::with_f32(weight, |w| self.kernel(x, Kernel::F32(w), &f))?,
             false => self.composed(x, weight, &f),
         }
     }
@@ -190,14 +220,21 @@ impl Conv2d {
     fn geometry(&self, f: &Fused) -> k::Geometry {
         let p = self.padding;
         k::Geometry {
-            k: self.weight.dims()[2],
+            k: self.dims[2],
             stride: self.stride,
             pad: f.padding.unwrap_or((p, p, p, p)),
         }
     }
 
-    fn kernel(&self, x: &Tensor, weight: &Tensor, f: &Fused) -> Result<Tensor> {
+    fn kernel(&self, x: &Tensor, weight: Kernel, f: &Fused) -> Result<Tensor> {
         let (b, c1, h, w) = x.dims4()?;
+        if c1 + f.concat.map(|c| c.dim(1)).transpose()?.unwrap_or(0) != self.dims[1] {
+            candle_core::bail!(
+                "convolution of {} channels applied to {:?}",
+                self.dims[1],
+                x.shape()
+            );
+        }
         let c2 = f.concat.map(|c| c.dim(1)).transpose()?.unwrap_or(0);
         let cout = self.out_channels();
         let g = self.geometry(f);
@@ -209,7 +246,7 @@ impl Conv2d {
             .map(|t| t.flatten_all()?.to_vec1::<f32>())
             .transpose()?;
         kernels::with_f32(x, |xs| {
-            kernels::with_f32(weight, |weight| {
+            {
                 let with_concat = |cs: &[f32]| {
                     let with_residual = |rs: &[f32]| {
                         kernels::new_f32((b, cout, ho, wo), |out| {
@@ -241,7 +278,12 @@ impl Conv2d {
                                     }),
                                     residual: (!rs.is_empty()).then(|| &rs[i * plane..][..plane]),
                                 };
-                                k::conv2d(&input, weight, cout, g, init, out);
+                                match weight {
+                                    Kernel::F32(w) => k::conv2d(&input, w, cout, g, init, out),
+                                    Kernel::Bf16(w) => {
+                                        kernels::direct::conv2d_bf16(&input, w, cout, g, init, out)
+                                    }
+                                }
                             }
                         })
                     };
@@ -254,7 +296,7 @@ impl Conv2d {
                     Some(c) => kernels::with_f32(c, with_concat)?,
                     None => with_concat(&[]),
                 }
-            })?
+            }
         })?
     }
 
@@ -320,6 +362,14 @@ impl Conv2d {
         let y = super::conv_bands::conv2d(x, weight, pad.0, self.stride)?;
         Ok((y, residual))
     }
+}
+
+/// The weights as a kernel takes them.
+#[derive(Clone, Copy)]
+enum Kernel<'a> {
+    F32(&'a [f32]),
+    /// Packed pairs (stride 1 only).
+    Bf16(&'a [u32]),
 }
 
 impl Module for Conv2d {

@@ -42,8 +42,11 @@ impl TimestepEmbedding {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.linear_1.weight();
-        let x = x.to_dtype(crate::runtime::compute_dtype(w.device(), w.dtype()))?;
+        let dtype = self.linear_1.weight_dtype();
+        let x = x.to_dtype(crate::runtime::compute_dtype(
+            &self.linear_1.device(),
+            dtype,
+        ))?;
         self.linear_2
             .forward(&candle_nn::ops::silu(&self.linear_1.forward(&x)?)?)
     }

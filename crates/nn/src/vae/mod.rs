@@ -91,7 +91,7 @@ impl VaeConfig {
             .map(|j| {
                 let from = if j == 0 { cin } else { cout };
                 let r = ResnetBlock::new(vb.pp(format!("resnets.{j}")), from, cout, &self.resnet());
-                Ok(Op::Resnet(r?))
+                Ok(Op::Resnet(Box::new(r?)))
             })
             .collect()
     }
@@ -104,7 +104,7 @@ impl VaeConfig {
             ops.push(Op::Attention(a));
         }
         let last = ResnetBlock::new(vb.pp("resnets.1"), c, c, &self.resnet())?;
-        ops.push(Op::Resnet(last));
+        ops.push(Op::Resnet(Box::new(last)));
         Ok(ops)
     }
 

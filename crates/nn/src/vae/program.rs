@@ -27,7 +27,7 @@ pub enum Op {
         conv: Conv2d,
         sampling: Sampling,
     },
-    Resnet(ResnetBlock),
+    Resnet(Box<ResnetBlock>),
     Attention(AttentionBlock),
 }
 
@@ -59,7 +59,7 @@ impl AttentionBlock {
 
     /// The scale applied to queries: one head of `c` channels.
     pub fn scale(&self) -> Result<f64> {
-        Ok((self.q.weight().dim(0)? as f64).powf(-0.5))
+        Ok((self.q.out_features() as f64).powf(-0.5))
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
