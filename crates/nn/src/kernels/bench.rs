@@ -55,6 +55,85 @@ pub fn run() -> Vec<Figure> {
         out.push(product(m, n, k, what, true));
     }
     out.extend(rest());
+    if super::bf16::available() {
+        out.extend(bf16_figures());
+    }
+    out
+}
+
+/// The bf16 kernels on the UNet's convolutions (one batch item) and linear layers (a CFG
+/// step's batch of 2).
+fn bf16_figures() -> Vec<Figure> {
+    use super::bf16;
+    let halves =
+        |v: Vec<f32>| -> Vec<half::bf16> { v.into_iter().map(half::bf16::from_f32).collect() };
+    let mut out = Vec::new();
+    for (c, side) in [(320, 64), (640, 32), (1280, 16), (1280, 8)] {
+        let x = values(c * side * side);
+        let weight = bf16::pack_conv(&halves(values(c * c * 9)), c, c, 9);
+        let mut y = vec![0f32; c * side * side];
+        let g = conv::Geometry {
+            k: 3,
+            stride: 1,
+            pad: (1, 1, 1, 1),
+        };
+        let seconds = time(|| {
+            let input = conv::Input {
+                sources: vec![(&x, c)],
+                h: side,
+                w: side,
+                upsample: false,
+                crop: (0, 0),
+                pre: None,
+            };
+            super::direct::conv2d_bf16(&input, &weight, c, g, conv::Init::default(), &mut y)
+        });
+        out.push(Figure {
+            what: format!("bf16 conv 3x3 {c}->{c} @{side}²"),
+            gflop: 2.0 * (c * c * 9 * side * side) as f64 / 1e9,
+            seconds,
+        });
+    }
+    for (m, n, k) in [
+        (8192, 320, 320),
+        (8192, 2560, 320),
+        (8192, 320, 1280),
+        (2048, 640, 640),
+        (512, 1280, 1280),
+    ] {
+        let x = values(m * k);
+        let weight = bf16::pack_linear(&halves(values(n * k)), n, k);
+        let mut y = vec![0f32; m * n];
+        let seconds = time(|| bf16::linear(&x, m, k, &weight, n, &mut y));
+        out.push(Figure {
+            what: format!("bf16 Linear {m}x{n} <- {k}"),
+            gflop: 2.0 * (m * n * k) as f64 / 1e9,
+            seconds,
+        });
+    }
+    for (tokens, keys, heads, d) in [(4096, 4096, 8, 40), (1024, 1024, 8, 80), (4096, 77, 8, 40)] {
+        let s = attention::Shape {
+            batch: 1,
+            n: tokens,
+            m: keys,
+            heads,
+            d,
+        };
+        let (q, kv) = (values(tokens * heads * d), values(keys * heads * d));
+        let mut o = vec![0f32; tokens * heads * d];
+        let seconds = time(|| super::flash_bf16::attention(&q, &kv, &kv, s, 0.158, &mut o));
+        out.push(Figure {
+            what: format!("bf16 attention {tokens}x{keys} tokens, {heads}x{d}"),
+            gflop: 4.0 * (tokens * keys * heads * d) as f64 / 1e9,
+            seconds,
+        });
+        let seconds = time(|| super::flash::attention(&q, &kv, &kv, s, 0.158, &mut o));
+        out.push(Figure {
+            what: format!("f32 attention {tokens}x{keys} tokens, {heads}x{d}"),
+            gflop: 4.0 * (tokens * keys * heads * d) as f64 / 1e9,
+            seconds,
+        });
+    }
     out
 }
 

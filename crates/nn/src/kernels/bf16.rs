@@ -102,7 +102,7 @@ pub fn unpack(pairs: u32) -> (bf16, bf16) {
     )
 }
 
-/// One register tile: `dst[j·ld + c] += Σ_taps Σ_s a_j · b` for rows `j < rows`, columns
+/// One register tile: `dst[j·ld + c] (+)= Σ_taps Σ_s a_j · b` for rows `j < rows`, columns
 /// `c < cols`, where the pair `a_j` is at `a[j] + tap.0 + s·a_step` and the 16 pairs of
 /// column block `i` at `b + tap.1 + s·b_step + 16i`.
 pub struct Tile<'a, const R: usize> {
@@ -116,6 +116,8 @@ pub struct Tile<'a, const R: usize> {
     pub ld: usize,
     pub rows: usize,
     pub cols: usize,
+    /// Add to what `dst` holds (else overwrite it).
+    pub add: bool,
 }
 
 impl<const R: usize> Tile<'_, R> {
@@ -155,7 +157,10 @@ impl<const R: usize> Tile<'_, R> {
                 let n = 16.min(self.cols - c);
                 let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
                 let at = self.dst.add(j * self.ld + c);
-                let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), *acc);
+                let sum = match self.add {
+                    true => _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), *acc),
+                    false => *acc,
+                };
                 _mm512_mask_storeu_ps(at, mask, sum);
             }
         }
@@ -213,6 +218,7 @@ pub fn linear(x: &[f32], rows: usize, cin: usize, w: &[u32], cout: usize, out: &
                     ld: cout,
                     rows: n,
                     cols: PANEL.min(cout - panel * PANEL),
+                    add: true,
                 };
                 // SAFETY: the caller checked `available`; panels are whole (zero columns past
                 // cout), rows past n read row r0; this task alone writes these rows x columns.

@@ -203,6 +203,7 @@ pub fn conv2d_bf16(
                     ld: plane,
                     rows: noc,
                     cols: (wo - x0).min(NV * 16),
+                    add: true,
                 };
                 // SAFETY: the caller checked `available`; the vectors read stay within the
                 // padded rows (wp covers every vector of the row plus the taps); this task

@@ -23,6 +23,7 @@ pub mod bf16;
 pub mod conv;
 pub mod direct;
 pub mod flash;
+pub mod flash_bf16;
 pub mod gemm;
 pub mod math;
 pub mod norm;

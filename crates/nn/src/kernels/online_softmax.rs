@@ -59,6 +59,26 @@ unsafe fn exp_shifted_512(row: &mut [f32], shift: f32) -> f32 {
     _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
 }
 
+/// The largest value of a row (negative infinity for an empty one).
+///
+/// # Safety
+/// AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn row_max(row: &[f32]) -> f32 {
+    let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+    for chunk in row.chunks(16) {
+        let mask: __mmask16 = ((1u32 << chunk.len()) - 1) as u16;
+        m = _mm512_mask_max_ps(m, mask, m, _mm512_maskz_loadu_ps(mask, chunk.as_ptr()));
+    }
+    _mm512_reduce_max_ps(m)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn row_max(row: &[f32]) -> f32 {
+    row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// The online softmax of a block of queries: running max, running sum, unnormalised output.
 pub(crate) struct State {
     m: Vec<f32>,

@@ -13,7 +13,8 @@ use candle_core::{DType, Result, Tensor, D};
 
 pub use tessera_core::choices::DEFAULT_ATTENTION_BUDGET;
 
-/// Multi-head attention of token tensors: `q` (B, N, heads·d), `k` and `v` (B, M, heads·d).
+/// Multi-head attention of token tensors: `q` (B, N, heads·d), `k` and `v` (B, M, heads·d);
+/// `bf16`: products in bf16 (f32 scores and sums) on CPUs with AVX512_BF16.
 pub fn heads(
     q: &Tensor,
     k: &Tensor,
@@ -21,6 +22,7 @@ pub fn heads(
     heads: usize,
     scale: f64,
     budget: usize,
+    bf16: bool,
 ) -> Result<Tensor> {
     let (b, n, c) = q.dims3()?;
     let m = k.dim(1)?;
@@ -37,6 +39,11 @@ pub fn heads(
             kernels::with_f32(k, |ks| {
                 kernels::with_f32(v, |vs| {
                     kernels::new_f32((b, n, c), |out| match kernels::flash::applies() {
+                        // Against a few keys (the text's 77) laying them out costs more
+                        // than bf16 saves: 88 against 113 GFLOP/s (`bench kernels`, EPYC).
+                        _ if bf16 && m >= 256 && kernels::bf16::available() => {
+                            kernels::flash_bf16::attention(qs, ks, vs, shape, scale as f32, out)
+                        }
                         true => kernels::flash::attention(qs, ks, vs, shape, scale as f32, out),
                         false => kernels::attention::attention(
                             qs,

@@ -49,7 +49,9 @@ impl Attention {
         let v = self.to_v.forward(context)?;
         trace(&q, "    q, k, v");
         let scale = (self.head_dim as f64).powf(-0.5);
-        let y = heads(&q, &k, &v, self.heads, scale, budget)?;
+        // Projections that multiply in bf16 make an attention that does too.
+        let bf16 = self.to_q.weight_dtype() == candle_core::DType::BF16;
+        let y = heads(&q, &k, &v, self.heads, scale, budget, bf16)?;
         trace(&q, "    softmax(q kT) v");
         self.to_out.forward_residual(&y, Some(residual))
     }

@@ -74,7 +74,7 @@ impl AttentionBlock {
         let q = self.q.forward(&tokens)?;
         let k = self.k.forward(&tokens)?;
         let v = self.v.forward(&tokens)?;
-        let y = heads(&q, &k, &v, 1, self.scale()?, ATTENTION_BUDGET)?;
+        let y = heads(&q, &k, &v, 1, self.scale()?, ATTENTION_BUDGET, false)?;
         let y = self
             .out
             .forward(&y)?

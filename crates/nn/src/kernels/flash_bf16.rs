@@ -1,0 +1,271 @@
+//! [`super::flash`]'s attention with bf16 products, for the bf16 compute path on CPUs with
+//! AVX512_BF16: queries, scaled keys, probabilities and values are rounded to bf16 and
+//! multiplied by [`super::bf16::Tile`] (pairs of channels for the scores, pairs of keys for the
+//! values); scores, the online softmax and the output stay f32.
+
+use super::attention::Shape;
+use super::bf16::{pair, round_into, Tile, PANEL, ROWS as R};
+use super::online_softmax::{row_max, State};
+use super::SharedOut;
+use rayon::prelude::*;
+
+/// Queries per task, sharing each key chunk while it is in cache.
+const QB: usize = 96;
+/// Bytes of keys + values per chunk: about a third of an L2 cache.
+const CHUNK_BYTES: usize = 384 << 10;
+
+/// `out = softmax(scale · q kᵀ) v` per (batch, head), as [`super::flash::attention`]; needs
+/// [`super::bf16::available`].
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: Shape, scale: f32, out: &mut [f32]) {
+    let c = s.heads * s.d;
+    let pairs = s.batch * s.heads;
+    let keys: Vec<Keys> = (0..pairs)
+        .into_par_iter()
+        .map(|p| {
+            let (b, h) = (p / s.heads, p % s.heads);
+            let at = |j: usize| (b * s.m + j) * c + h * s.d;
+            Keys::new(s.d, s.m, scale, |j| {
+                (&k[at(j)..][..s.d], &v[at(j)..][..s.d])
+            })
+        })
+        .collect();
+    let blocks = s.n.div_ceil(QB);
+    let dst = SharedOut::new(out);
+    (0..pairs * blocks).into_par_iter().for_each(|task| {
+        let (p, blk) = (task / blocks, task % blocks);
+        let (b, h) = (p / s.heads, p % s.heads);
+        let q0 = blk * QB;
+        let rows = QB.min(s.n - q0);
+        let qrow = |i: usize| &q[(b * s.n + q0 + i) * c + h * s.d..][..s.d];
+        // SAFETY: this task's query rows of head h, written by no other task.
+        let orow = |i: usize| unsafe {
+            std::slice::from_raw_parts_mut(dst.ptr().add((b * s.n + q0 + i) * c + h * s.d), s.d)
+        };
+        keys[p].attend(rows, qrow, orow);
+    });
+}
+
+/// One head's keys (scaled) as panels of [`PANEL`] keys, `(d/2, PANEL)` pairs of channels, and
+/// its values as `(m/2, dv)` pairs of keys, `dv` = d padded to 16; zero past the ends.
+struct Keys {
+    kt: Vec<u32>,
+    vp: Vec<u32>,
+    d: usize,
+    d2: usize,
+    dv: usize,
+    m: usize,
+}
+
+impl Keys {
+    fn new<'a>(
+        d: usize,
+        m: usize,
+        scale: f32,
+        key_value: impl Fn(usize) -> (&'a [f32], &'a [f32]),
+    ) -> Self {
+        let (d2, dv) = (d.div_ceil(2), d.div_ceil(16) * 16);
+        let mut kt = vec![0u32; m.div_ceil(PANEL) * d2 * PANEL];
+        let mut vp = vec![0u32; m.div_ceil(2) * dv];
+        let at = |row: &[f32], i: usize| row.get(i).copied().unwrap_or(0.0);
+        for j in 0..m {
+            let key = key_value(j).0;
+            let panel = &mut kt[j / PANEL * d2 * PANEL..][..d2 * PANEL];
+            for t in 0..d2 {
+                panel[t * PANEL + j % PANEL] =
+                    pair(at(key, 2 * t) * scale, at(key, 2 * t + 1) * scale);
+            }
+        }
+        for (jp, row) in vp.chunks_mut(dv).enumerate() {
+            let lo = key_value(2 * jp).1;
+            let hi = (2 * jp + 1 < m).then(|| key_value(2 * jp + 1).1);
+            for (c, o) in row.iter_mut().enumerate().take(d) {
+                *o = pair(lo[c], hi.map_or(0.0, |h| h[c]));
+            }
+        }
+        Self {
+            kt,
+            vp,
+            d,
+            d2,
+            dv,
+            m,
+        }
+    }
+
+    /// Attention of `rows` queries (`query(i)`) into `out(i)`, on the calling thread.
+    fn attend<'o>(
+        &self,
+        rows: usize,
+        query: impl Fn(usize) -> &'o [f32],
+        out: impl Fn(usize) -> &'o mut [f32],
+    ) {
+        let chunk = (CHUNK_BYTES / (2 * (self.d + self.dv)) / PANEL * PANEL)
+            .max(PANEL)
+            .min(self.m.div_ceil(PANEL) * PANEL);
+        let mut scores = vec![0f32; R * chunk];
+        let mut probs = vec![0u32; R * chunk / 2];
+        let mut qp = vec![0u32; QB * self.d2];
+        for q0 in (0..rows).step_by(QB) {
+            let n = QB.min(rows - q0);
+            for (i, row) in qp.chunks_mut(self.d2).take(n).enumerate() {
+                let q = query(q0 + i);
+                for (t, o) in row.iter_mut().enumerate() {
+                    *o = pair(q[2 * t], q.get(2 * t + 1).copied().unwrap_or(0.0));
+                }
+            }
+            let mut state = State::new(n, self.dv);
+            for j0 in (0..self.m).step_by(chunk) {
+                let len = chunk.min(self.m - j0);
+                for i0 in (0..n).step_by(R) {
+                    let live = R.min(n - i0);
+                    let a =
+                        std::array::from_fn(|r| qp[(i0 + r.min(live - 1)) * self.d2..].as_ptr());
+                    for j in (0..len).step_by(PANEL) {
+                        let tile = Tile::<R> {
+                            a,
+                            a_step: 1,
+                            b: self.kt[(j0 + j) / PANEL * self.d2 * PANEL..].as_ptr(),
+                            b_step: PANEL,
+                            steps: self.d2,
+                            taps: &[(0, 0)],
+                            dst: scores[j..].as_mut_ptr(),
+                            ld: chunk,
+                            rows: live,
+                            cols: PANEL.min(len - j),
+                            add: false,
+                        };
+                        // SAFETY: checked by the caller (AVX512_BF16); panels are whole.
+                        unsafe { tile.run::<4>() };
+                    }
+                    for r in 0..live {
+                        let s = &mut scores[r * chunk..r * chunk + len];
+                        // SAFETY: AVX-512F, implied by AVX512_BF16.
+                        unsafe { state.fold(i0 + r, s, row_max(s)) };
+                        let p = &mut probs[r * chunk / 2..][..len.div_ceil(2)];
+                        // SAFETY: the u32s hold len u16s and more.
+                        let halves = unsafe {
+                            std::slice::from_raw_parts_mut(p.as_mut_ptr() as *mut u16, len)
+                        };
+                        round_into(s, halves);
+                        if len % 2 == 1 {
+                            p[len / 2] &= 0xffff;
+                        }
+                    }
+                    self.values(&probs, chunk, j0, len, &mut state, i0, live);
+                }
+            }
+            for i in 0..n {
+                let inv = 1.0 / state.l[i];
+                for (o, &a) in out(q0 + i).iter_mut().zip(&state.o[i * self.dv..]) {
+                    *o = a * inv;
+                }
+            }
+        }
+    }
+
+    /// `o[i0 + r] += p[r] · v[j0..j0+len]` for the live rows.
+    #[allow(clippy::too_many_arguments)]
+    fn values(
+        &self,
+        probs: &[u32],
+        chunk: usize,
+        j0: usize,
+        len: usize,
+        state: &mut State,
+        i0: usize,
+        live: usize,
+    ) {
+        let a = std::array::from_fn(|r| probs[r.min(live - 1) * chunk / 2..].as_ptr());
+        let mut c0 = 0;
+        while c0 < self.dv {
+            let nv = ((self.dv - c0) / 16).min(4);
+            let tile = Tile::<R> {
+                a,
+                a_step: 1,
+                b: self.vp[j0 / 2 * self.dv + c0..].as_ptr(),
+                b_step: self.dv,
+                steps: len.div_ceil(2),
+                taps: &[(0, 0)],
+                dst: state.o[i0 * self.dv + c0..].as_mut_ptr(),
+                ld: self.dv,
+                rows: live,
+                cols: 16 * nv,
+                add: true,
+            };
+            // SAFETY: checked by the caller (AVX512_BF16); nv vectors stay within a row.
+            unsafe {
+                match nv {
+                    4 => tile.run::<4>(),
+                    3 => tile.run::<3>(),
+                    2 => tile.run::<2>(),
+                    _ => tile.run::<1>(),
+                }
+            }
+            c0 += 16 * nv;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Odd key counts, several chunks and panels, heads of the UNet's width and odd widths:
+    /// within the rounding of queries, keys, probabilities and values to bf16 of the exact
+    /// attention (an error of 2^-8 of each factor, 2^-6 of the result allowed).
+    #[test]
+    fn bf16_attention_is_the_softmax_within_rounding() {
+        if !crate::kernels::bf16::available() {
+            eprintln!("this CPU has no AVX512_BF16: the bf16 kernels cannot run here");
+            return;
+        }
+        let val = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        for (n, m, heads, d) in [(13, 300, 2, 40), (100, 5000, 1, 40), (7, 77, 3, 13)] {
+            let s = Shape {
+                batch: 2,
+                n,
+                m,
+                heads,
+                d,
+            };
+            let c = heads * d;
+            let (q, k, v) = (val(2 * n * c, 1), val(2 * m * c, 2), val(2 * m * c, 3));
+            let scale = 0.3f32;
+            let mut got = vec![f32::NAN; q.len()];
+            attention(&q, &k, &v, s, scale, &mut got);
+            let mut worst = 0f64;
+            for (b, h, i) in
+                (0..2).flat_map(|b| (0..heads).flat_map(move |h| (0..n).map(move |i| (b, h, i))))
+            {
+                let row = |j: usize, len: usize| (b * len + j) * c + h * d;
+                let logits: Vec<f64> = (0..m)
+                    .map(|j| {
+                        let (qi, kj) = (row(i, n), row(j, m));
+                        scale as f64
+                            * (0..d)
+                                .map(|t| q[qi + t] as f64 * k[kj + t] as f64)
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for t in 0..d {
+                    let want: f64 = (0..m).map(|j| e[j] / z * v[row(j, m) + t] as f64).sum();
+                    let g = got[row(i, n) + t] as f64;
+                    worst = worst.max(if g.is_nan() {
+                        f64::INFINITY
+                    } else {
+                        (g - want).abs()
+                    });
+                }
+            }
+            assert!(worst < 1.0 / 64.0, "{n}x{m}, {heads}x{d}: {worst}");
+            eprintln!("{n}x{m}, {heads}x{d}: largest error {worst:.2e}");
+        }
+    }
+}
