@@ -14,8 +14,11 @@
 //! - [`flash`]: attention without score matrices (online softmax over key chunks in cache,
 //!   register tiles) where the CPU has AVX-512; [`attention`] (query blocks over gemm)
 //!   elsewhere.
+//! - [`bf16`], [`direct::conv2d_bf16`], [`flash_bf16`]: the bf16 compute path where the CPU has
+//!   AVX512_BF16 (bf16 products, f32 sums; weights packed once when a layer is built).
 //!
-//! Every kernel is used only on host f32 tensors; anything else takes candle's path.
+//! Every kernel is used only on host f32 tensors (whose values the bf16 kernels round as they
+//! lay them out); anything else takes candle's path.
 
 pub mod attention;
 pub mod bench;
