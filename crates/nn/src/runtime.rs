@@ -154,8 +154,9 @@ impl Runtime {
     pub fn conv_note(&self) -> Option<String> {
         let bf16_kernels = self.precision == Precision::BF16 && crate::kernels::bf16::available();
         (self.conv_dtype() != self.conv_weight_dtype()).then(|| match bf16_kernels {
-            true => "note: on this CPU (AVX512_BF16) the UNet's convolutions and linear layers \
-                     multiply in bf16 with f32 sums; activations, norms and attention stay f32"
+            true => "note: on this CPU (AVX512_BF16) the UNet's convolutions, linear layers and \
+                     self-attention multiply in bf16 with f32 sums; activations, norms and softmax \
+                     stay f32"
                 .to_string(),
             false => format!(
                 "note: on the CPU the UNet keeps its weights in {} and computes in f32",

@@ -223,6 +223,33 @@ fn rest() -> Vec<Figure> {
         gflop: 2.0 * (cout * cin * 9 * h * w) as f64 / 1e9,
         seconds,
     });
+    // The VAE decoder's convolutions on bands of a 2048² picture.
+    for (c, h, w) in [
+        (512, 16, 256),
+        (512, 16, 512),
+        (256, 8, 1024),
+        (128, 4, 2048),
+    ] {
+        let x = values(c * h * w);
+        let weight = values(c * c * 9);
+        let mut y = vec![0f32; c * h * w];
+        let seconds = time(|| {
+            let input = conv::Input {
+                sources: vec![(&x, c)],
+                h,
+                w,
+                upsample: false,
+                crop: (0, 0),
+                pre: None,
+            };
+            conv::conv2d(&input, &weight, c, g, conv::Init::default(), &mut y)
+        });
+        out.push(Figure {
+            what: format!("VAE conv 3x3 {c}->{c} @{h}x{w} (chosen path)"),
+            gflop: 2.0 * (c * c * 9 * h * w) as f64 / 1e9,
+            seconds,
+        });
+    }
     attention_figures(&mut out, "self-attention 4096 tokens, 8x40", 8, 40, 0.158);
     // The VAE's mid-block attention: one head of 512 channels (quadratic in the picture).
     attention_figures(
