@@ -54,3 +54,41 @@ fn vae_encode_matches_diffusers() {
         );
     }
 }
+
+/// `--dtype bf16` on a CPU with AVX512_BF16 loads the VAE's weights in bf16 and multiplies in
+/// bf16 with f32 activations (elsewhere the weights are f32, as before): the decode stays
+/// within bf16's rounding of diffusers' f32 output, and tiles add no error beyond that
+/// rounding. (Tiled and whole differ by f32 summation order, 3e-6 in f32; rounding to bf16
+/// turns such a difference into a bf16 step now and then, so they no longer agree to f32
+/// precision, while a naive tiled decode is 0.7 off.)
+#[test]
+fn vae_decode_with_bf16_products_stays_close_and_tiles_within_its_rounding() {
+    let rt = runtime().with_precision(tessera::choices::Precision::BF16);
+    let weights = rt.vae_f32_weight_dtype();
+    let f = fixture("d_vae_decode");
+    let vae = ModelDir::open(tiny_model_dir())
+        .unwrap()
+        .load_vae(&rt, weights)
+        .unwrap();
+    let z = get(&f, "16x24.latents_scaled");
+    let whole = vae.decode(&z).unwrap();
+    assert_eq!(whole.dtype(), DType::F32);
+    let reference = get(&f, "16x24.decoded");
+    // Measured (EPYC, bf16 kernels): 7.5e-3 of the output's scale.
+    assert_close(
+        &format!("vae decode, {weights:?} weights"),
+        &whole,
+        &reference,
+        3e-2,
+    );
+    let rounding = max_abs_diff(&whole, &reference);
+    for tile in [64, 96] {
+        let tiled = tessera::nn::vae::tiled::decode(&vae.decoder, &z, tile, None).unwrap();
+        let d = max_abs_diff(&tiled, &whole);
+        eprintln!("tiled ({tile} px) against whole, {weights:?} weights: max|diff| {d:.3e}");
+        assert!(
+            d <= rounding.max(1e-4),
+            "tiles add {d}, the rounding itself {rounding}"
+        );
+    }
+}

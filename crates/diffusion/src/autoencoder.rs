@@ -106,7 +106,10 @@ impl<'a> Autoencoder<'a> {
         let tile = self.tiled(h.max(w));
         let enc = match &mut self.encoder {
             Some(enc) => enc,
-            slot => slot.insert(self.source.load_vae_encoder(&self.rt, DType::F32)?),
+            slot => {
+                let weights = self.rt.vae_f32_weight_dtype();
+                slot.insert(self.source.load_vae_encoder(&self.rt, weights)?)
+            }
         };
         let rt = &self.rt;
         let on_device = |r: Range<usize>| rt.to_device(&rows(r)?);
@@ -176,9 +179,14 @@ impl<'a> Autoencoder<'a> {
         if self.decoder.as_ref().is_some_and(|(d, _)| *d != dtype) {
             self.decoder = None;
         }
+        // Computing in f32, the weights may be bf16 for the CPU's bf16 kernels.
+        let weights = match dtype {
+            DType::F32 => self.rt.vae_f32_weight_dtype(),
+            other => other,
+        };
         let (_, dec) = match &mut self.decoder {
             Some(held) => held,
-            slot => slot.insert((dtype, self.source.load_vae_decoder(&self.rt, dtype)?)),
+            slot => slot.insert((dtype, self.source.load_vae_decoder(&self.rt, weights)?)),
         };
         Ok(dec)
     }

@@ -155,8 +155,8 @@ impl Runtime {
         let bf16_kernels = self.precision == Precision::BF16 && crate::kernels::bf16::available();
         (self.conv_dtype() != self.conv_weight_dtype()).then(|| match bf16_kernels {
             true => "note: on this CPU (AVX512_BF16) the UNet's convolutions, linear layers and \
-                     self-attention multiply in bf16 with f32 sums; activations, norms and softmax \
-                     stay f32"
+                     self-attention and the VAE's convolutions multiply in bf16 with f32 sums; \
+                     activations, norms and softmax stay f32"
                 .to_string(),
             false => format!(
                 "note: on the CPU the UNet keeps its weights in {} and computes in f32",
@@ -171,6 +171,19 @@ impl Runtime {
         match force_upcast {
             true => DType::F32,
             false => self.conv_dtype(),
+        }
+    }
+
+    /// The dtype the VAE's weights are loaded in when it computes in f32: bf16 when bf16 was
+    /// asked and this CPU runs the bf16 kernels (activations stay f32; diffusers upcasts only
+    /// f16 VAEs, so it decodes a bf16 VAE in bf16 too), else f32.
+    pub fn vae_f32_weight_dtype(&self) -> DType {
+        let bf16 = self.device.is_cpu()
+            && self.precision == Precision::BF16
+            && crate::kernels::bf16::available();
+        match bf16 {
+            true => DType::BF16,
+            false => DType::F32,
         }
     }
 

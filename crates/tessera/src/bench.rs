@@ -172,9 +172,13 @@ pub fn vae_decode(
     })?;
     let how = tile.map_or("untiled".to_string(), |t| format!("{t} px tiles"));
     let dtype: DType = rt.vae_dtype(dir.vae_config()?.force_upcast);
+    let weights = match dtype {
+        DType::F32 => rt.vae_f32_weight_dtype(),
+        other => other,
+    };
     Ok(BenchReport {
         what: format!(
-            "VAE decode (1,4,{latent},{latent}) -> {0}x{0} px, {how}, {dtype:?}",
+            "VAE decode (1,4,{latent},{latent}) -> {0}x{0} px, {how}, {dtype:?} ({weights:?} weights)",
             latent * 8
         ),
         times,
