@@ -30,6 +30,39 @@ fn values(n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// A 3x3 convolution keeping its size.
+const SAME: conv::Geometry = conv::Geometry {
+    k: 3,
+    stride: 1,
+    pad: (1, 1, 1, 1),
+};
+
+/// `run` (input, f32 weights, channels, output) timed on a `c -> c` convolution at `h x w`.
+fn conv_figure(
+    what: &str,
+    (c, h, w): (usize, usize, usize),
+    run: impl Fn(&conv::Input, &[f32], usize, &mut [f32]),
+) -> Figure {
+    let (x, weight) = (values(c * h * w), values(c * c * 9));
+    let mut y = vec![0f32; c * h * w];
+    let seconds = time(|| {
+        let input = conv::Input {
+            sources: vec![(&x, c)],
+            h,
+            w,
+            upsample: false,
+            crop: (0, 0),
+            pre: None,
+        };
+        run(&input, &weight, c, &mut y)
+    });
+    Figure {
+        what: what.into(),
+        gflop: 2.0 * (c * c * 9 * h * w) as f64 / 1e9,
+        seconds,
+    }
+}
+
 /// Time the kernels on SD 1.5's shapes at a 512 px window (latent 64x64, batch 1).
 pub fn run() -> Vec<Figure> {
     let mut out = Vec::new();
@@ -69,30 +102,11 @@ fn bf16_figures() -> Vec<Figure> {
         |v: Vec<f32>| -> Vec<half::bf16> { v.into_iter().map(half::bf16::from_f32).collect() };
     let mut out = Vec::new();
     for (c, side) in [(320, 64), (640, 32), (1280, 16), (1280, 8)] {
-        let x = values(c * side * side);
         let weight = bf16::pack_conv(&halves(values(c * c * 9)), c, c, 9);
-        let mut y = vec![0f32; c * side * side];
-        let g = conv::Geometry {
-            k: 3,
-            stride: 1,
-            pad: (1, 1, 1, 1),
-        };
-        let seconds = time(|| {
-            let input = conv::Input {
-                sources: vec![(&x, c)],
-                h: side,
-                w: side,
-                upsample: false,
-                crop: (0, 0),
-                pre: None,
-            };
-            super::direct::conv2d_bf16(&input, &weight, c, g, conv::Init::default(), &mut y)
-        });
-        out.push(Figure {
-            what: format!("bf16 conv 3x3 {c}->{c} @{side}²"),
-            gflop: 2.0 * (c * c * 9 * side * side) as f64 / 1e9,
-            seconds,
-        });
+        let what = format!("bf16 conv 3x3 {c}->{c} @{side}²");
+        out.push(conv_figure(&what, (c, side, side), |input, _, c, y| {
+            super::direct::conv2d_bf16(input, &weight, c, SAME, conv::Init::default(), y)
+        }));
     }
     for (m, n, k) in [
         (8192, 320, 320),
@@ -182,47 +196,19 @@ fn rest() -> Vec<Figure> {
         gflop: 256.0 * 4096.0 / 1e9,
         seconds,
     });
-    let (cin, cout, h, w) = (320, 320, 64, 64);
-    let x = values(cin * h * w);
-    let weight = values(cout * cin * 9);
-    let mut y = vec![0f32; cout * h * w];
-    let g = conv::Geometry {
-        k: 3,
-        stride: 1,
-        pad: (1, 1, 1, 1),
+    let same = |input: &conv::Input, w: &[f32], c: usize, y: &mut [f32]| {
+        conv::conv2d(input, w, c, SAME, conv::Init::default(), y)
     };
-    let seconds = time(|| {
-        let input = conv::Input {
-            sources: vec![(&x, cin)],
-            h,
-            w,
-            upsample: false,
-            crop: (0, 0),
-            pre: None,
-        };
-        conv::conv2d(&input, &weight, cout, g, conv::Init::default(), &mut y)
-    });
-    out.push(Figure {
-        what: "conv 3x3 320->320 @64² (chosen path)".into(),
-        gflop: 2.0 * (cout * cin * 9 * h * w) as f64 / 1e9,
-        seconds,
-    });
-    let seconds = time(|| {
-        let input = conv::Input {
-            sources: vec![(&x, cin)],
-            h,
-            w,
-            upsample: false,
-            crop: (0, 0),
-            pre: None,
-        };
-        conv::im2col_gemm(&input, &weight, cout, g, conv::Init::default(), &mut y)
-    });
-    out.push(Figure {
-        what: "conv 3x3 320->320 @64² (im2col + gemm)".into(),
-        gflop: 2.0 * (cout * cin * 9 * h * w) as f64 / 1e9,
-        seconds,
-    });
+    out.push(conv_figure(
+        "conv 3x3 320->320 @64² (chosen path)",
+        (320, 64, 64),
+        same,
+    ));
+    out.push(conv_figure(
+        "conv 3x3 320->320 @64² (im2col + gemm)",
+        (320, 64, 64),
+        |input, w, c, y| conv::im2col_gemm(input, w, c, SAME, conv::Init::default(), y),
+    ));
     // The VAE decoder's convolutions on bands of a 2048² picture.
     for (c, h, w) in [
         (512, 16, 256),
@@ -230,25 +216,8 @@ fn rest() -> Vec<Figure> {
         (256, 8, 1024),
         (128, 4, 2048),
     ] {
-        let x = values(c * h * w);
-        let weight = values(c * c * 9);
-        let mut y = vec![0f32; c * h * w];
-        let seconds = time(|| {
-            let input = conv::Input {
-                sources: vec![(&x, c)],
-                h,
-                w,
-                upsample: false,
-                crop: (0, 0),
-                pre: None,
-            };
-            conv::conv2d(&input, &weight, c, g, conv::Init::default(), &mut y)
-        });
-        out.push(Figure {
-            what: format!("VAE conv 3x3 {c}->{c} @{h}x{w} (chosen path)"),
-            gflop: 2.0 * (c * c * 9 * h * w) as f64 / 1e9,
-            seconds,
-        });
+        let what = format!("VAE conv 3x3 {c}->{c} @{h}x{w} (chosen path)");
+        out.push(conv_figure(&what, (c, h, w), same));
     }
     attention_figures(&mut out, "self-attention 4096 tokens, 8x40", 8, 40, 0.158);
     // The VAE's mid-block attention: one head of 512 channels (quadratic in the picture).

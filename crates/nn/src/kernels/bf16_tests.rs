@@ -6,11 +6,7 @@ use super::super::conv::{Geometry, Init, Input, Pre};
 use super::super::direct::conv2d_bf16;
 use super::*;
 
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
-        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
-        .collect()
-}
+use crate::kernels::test_values as values;
 
 fn rounded(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()

@@ -40,11 +40,7 @@ fn reference(
     out
 }
 
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
-        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
-        .collect()
-}
+use crate::kernels::test_values as values;
 
 /// The convolution of seeded values by `run` (filled with NaN first, so an output left
 /// unwritten shows) and by the definition.

@@ -39,19 +39,41 @@ pub fn applies() -> bool {
 
 /// `out = softmax(scale · q kᵀ) v` per (batch, head), as [`super::attention::attention`].
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: Shape, scale: f32, out: &mut [f32]) {
+    per_head(q, s, out, |b, h| {
+        let mut keys = Keys::new(s.d, s.m, scale);
+        for j in 0..s.m {
+            let at = (b * s.m + j) * s.heads * s.d + h * s.d;
+            keys.set(j, &k[at..at + s.d], &v[at..at + s.d]);
+        }
+        keys
+    })
+}
+
+/// One head's keys and values, laid out for a kernel, attended by blocks of queries.
+pub(crate) trait HeadKeys: Send + Sync {
+    /// Attention of `rows` queries (`query(i)`) into `out(i)`, on the calling thread.
+    fn attend_rows<'o>(
+        &self,
+        rows: usize,
+        query: &(dyn Fn(usize) -> &'o [f32] + Sync),
+        out: &dyn Fn(usize) -> &'o mut [f32],
+    ) where
+        Self: 'o;
+}
+
+/// Attention per (batch, head) of token rows `(B, N, heads·d)`: `keys(b, h)` lays out one
+/// head's keys once, then blocks of [`QB`] queries attend to them over rayon's threads.
+pub(crate) fn per_head<K: HeadKeys>(
+    q: &[f32],
+    s: Shape,
+    out: &mut [f32],
+    keys: impl Fn(usize, usize) -> K + Sync + Send,
+) {
     let c = s.heads * s.d;
     let pairs = s.batch * s.heads;
-    let keys: Vec<Keys> = (0..pairs)
+    let keys: Vec<K> = (0..pairs)
         .into_par_iter()
-        .map(|p| {
-            let (b, h) = (p / s.heads, p % s.heads);
-            let mut keys = Keys::new(s.d, s.m, scale);
-            for j in 0..s.m {
-                let at = (b * s.m + j) * c + h * s.d;
-                keys.set(j, &k[at..at + s.d], &v[at..at + s.d]);
-            }
-            keys
-        })
+        .map(|p| keys(p / s.heads, p % s.heads))
         .collect();
     let blocks = s.n.div_ceil(QB);
     let dst = SharedOut::new(out);
@@ -65,8 +87,21 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: Shape, scale: f32, out: &mu
         let orow = |i: usize| unsafe {
             std::slice::from_raw_parts_mut(dst.ptr().add((b * s.n + q0 + i) * c + h * s.d), s.d)
         };
-        keys[p].attend(rows, qrow, orow);
+        keys[p].attend_rows(rows, &qrow, &orow);
     });
+}
+
+impl HeadKeys for Keys {
+    fn attend_rows<'o>(
+        &self,
+        rows: usize,
+        query: &(dyn Fn(usize) -> &'o [f32] + Sync),
+        out: &dyn Fn(usize) -> &'o mut [f32],
+    ) where
+        Self: 'o,
+    {
+        self.attend(rows, query, out)
+    }
 }
 
 /// Keys and values of one head laid out for the tiles: keys scaled and transposed in panels of
@@ -331,11 +366,7 @@ mod tests {
             heads: 1,
             d: 512,
         };
-        let val = |n: usize, seed: u32| -> Vec<f32> {
-            (0..n)
-                .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
-                .collect()
-        };
+        let val = crate::kernels::test_values;
         let (q, k, v) = (val(13 * 512, 1), val(300 * 512, 2), val(300 * 512, 3));
         let scale = 0.05f32;
         let mut got = vec![0f32; q.len()];

@@ -6,10 +6,8 @@
 use super::attention::Shape;
 use super::bf16::{pair, round_into, Tile, PANEL, ROWS as R};
 use super::online_softmax::{row_max, State};
-use super::SharedOut;
-use rayon::prelude::*;
 
-/// Queries per task, sharing each key chunk while it is in cache.
+/// Queries per block (as [`super::flash`]'s tasks).
 const QB: usize = 96;
 /// Bytes of keys + values per chunk: about a third of an L2 cache.
 const CHUNK_BYTES: usize = 384 << 10;
@@ -17,32 +15,25 @@ const CHUNK_BYTES: usize = 384 << 10;
 /// `out = softmax(scale · q kᵀ) v` per (batch, head), as [`super::flash::attention`]; needs
 /// [`super::bf16::available`].
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: Shape, scale: f32, out: &mut [f32]) {
-    let c = s.heads * s.d;
-    let pairs = s.batch * s.heads;
-    let keys: Vec<Keys> = (0..pairs)
-        .into_par_iter()
-        .map(|p| {
-            let (b, h) = (p / s.heads, p % s.heads);
-            let at = |j: usize| (b * s.m + j) * c + h * s.d;
-            Keys::new(s.d, s.m, scale, |j| {
-                (&k[at(j)..][..s.d], &v[at(j)..][..s.d])
-            })
+    super::flash::per_head(q, s, out, |b, h| {
+        let at = |j: usize| (b * s.m + j) * s.heads * s.d + h * s.d;
+        Keys::new(s.d, s.m, scale, |j| {
+            (&k[at(j)..][..s.d], &v[at(j)..][..s.d])
         })
-        .collect();
-    let blocks = s.n.div_ceil(QB);
-    let dst = SharedOut::new(out);
-    (0..pairs * blocks).into_par_iter().for_each(|task| {
-        let (p, blk) = (task / blocks, task % blocks);
-        let (b, h) = (p / s.heads, p % s.heads);
-        let q0 = blk * QB;
-        let rows = QB.min(s.n - q0);
-        let qrow = |i: usize| &q[(b * s.n + q0 + i) * c + h * s.d..][..s.d];
-        // SAFETY: this task's query rows of head h, written by no other task.
-        let orow = |i: usize| unsafe {
-            std::slice::from_raw_parts_mut(dst.ptr().add((b * s.n + q0 + i) * c + h * s.d), s.d)
-        };
-        keys[p].attend(rows, qrow, orow);
-    });
+    })
+}
+
+impl super::flash::HeadKeys for Keys {
+    fn attend_rows<'o>(
+        &self,
+        rows: usize,
+        query: &(dyn Fn(usize) -> &'o [f32] + Sync),
+        out: &dyn Fn(usize) -> &'o mut [f32],
+    ) where
+        Self: 'o,
+    {
+        self.attend(rows, query, out)
+    }
 }
 
 /// One head's keys (scaled) as panels of [`PANEL`] keys, `(d/2, PANEL)` pairs of channels, and
@@ -219,11 +210,7 @@ mod tests {
             eprintln!("this CPU has no AVX512_BF16: the bf16 kernels cannot run here");
             return;
         }
-        let val = |n: usize, seed: u32| -> Vec<f32> {
-            (0..n)
-                .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
-                .collect()
-        };
+        let val = crate::kernels::test_values;
         for (n, m, heads, d) in [(13, 300, 2, 40), (100, 5000, 1, 40), (7, 77, 3, 13)] {
             let s = Shape {
                 batch: 2,

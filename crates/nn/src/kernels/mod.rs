@@ -170,6 +170,14 @@ pub fn cpu_path() -> &'static str {
     "portable"
 }
 
+/// Seeded values in [-1, 1) for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
 /// Threads the kernels split work over (rayon's pool).
 pub fn threads() -> usize {
     rayon::current_num_threads()
