@@ -152,8 +152,7 @@ impl Runtime {
 
     /// A line for the user when the convolutional networks compute in another dtype than asked.
     pub fn conv_note(&self) -> Option<String> {
-        let bf16_kernels = self.precision == Precision::BF16 && crate::kernels::bf16::available();
-        (self.conv_dtype() != self.conv_weight_dtype()).then(|| match bf16_kernels {
+        (self.conv_dtype() != self.conv_weight_dtype()).then(|| match self.bf16_kernels() {
             true => "note: on this CPU (AVX512_BF16) the UNet's convolutions, linear layers and \
                      self-attention and the VAE's convolutions multiply in bf16 with f32 sums; \
                      activations, norms and softmax stay f32"
@@ -178,13 +177,17 @@ impl Runtime {
     /// asked and this CPU runs the bf16 kernels (activations stay f32; diffusers upcasts only
     /// f16 VAEs, so it decodes a bf16 VAE in bf16 too), else f32.
     pub fn vae_f32_weight_dtype(&self) -> DType {
-        let bf16 = self.device.is_cpu()
-            && self.precision == Precision::BF16
-            && crate::kernels::bf16::available();
-        match bf16 {
+        match self.bf16_kernels() {
             true => DType::BF16,
             false => DType::F32,
         }
+    }
+
+    /// Whether bf16 was asked on a CPU that runs the bf16 kernels.
+    fn bf16_kernels(&self) -> bool {
+        self.device.is_cpu()
+            && self.precision == Precision::BF16
+            && crate::kernels::bf16::available()
     }
 
     /// A host tensor on the runtime's device (a no-op on the CPU).

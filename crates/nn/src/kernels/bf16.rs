@@ -177,21 +177,12 @@ impl<const R: usize> Tile<'_, R> {
 pub fn linear(x: &[f32], rows: usize, cin: usize, w: &[u32], cout: usize, out: &mut [f32]) {
     const BLOCK: usize = 8 * ROWS;
     let cin2 = cin.div_ceil(2);
-    let mut xa = vec![0u32; rows * cin2];
+    // `pairs_of` writes every element.
+    let mut xa = super::unfilled::<u32>(rows * cin2);
     xa.par_chunks_mut(cin2)
         .zip(x.par_chunks(cin))
         .with_min_len(16)
-        .for_each(|(dst, src)| {
-            let (even, odd) = src.split_at(cin / 2 * 2);
-            // Pairs of neighbours are the values in memory order, two to a u32.
-            // SAFETY: the u32s hold cin / 2 · 2 u16s and more; u16 has no invalid values.
-            let halves =
-                unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u16, even.len()) };
-            round_into(even, halves);
-            if let [last] = odd {
-                dst[cin2 - 1] = pair(*last, 0.0);
-            }
-        });
+        .for_each(|(dst, src)| pairs_of(src, dst));
     let panels = cout.div_ceil(PANEL);
     let blocks = rows.div_ceil(BLOCK);
     let want = 4 * rayon::current_num_threads();
@@ -238,6 +229,20 @@ pub fn round_into(src: &[f32], dst: &mut [u16]) {
     dst.iter_mut()
         .zip(src)
         .for_each(|(d, &s)| *d = bf16::from_f32(s).to_bits());
+}
+
+/// A row of values as pairs of neighbours `(src[2i], src[2i + 1])` into `dst`
+/// (`src.len()` halved, rounded up; an odd last value paired with zero).
+pub fn pairs_of(src: &[f32], dst: &mut [u32]) {
+    let (even, odd) = src.split_at(src.len() / 2 * 2);
+    // Pairs of neighbours are the values in memory order, two to a u32.
+    // SAFETY: the u32s hold even.len() u16s and more; u16 has no invalid values.
+    let halves =
+        unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u16, even.len()) };
+    round_into(even, halves);
+    if let [last] = odd {
+        dst[even.len() / 2] = pair(*last, 0.0);
+    }
 }
 
 /// Two rows of values as pairs `(lo[x], hi[x])` (an absent `hi` is zero).

@@ -89,6 +89,13 @@ fn rounding_is_to_nearest_even_vectorised_or_not() {
     for (x, &p) in pairs.iter().enumerate() {
         assert_eq!(p, pair(src[x], src[100 + x]));
     }
+    // Neighbours of an odd-length row (the last paired with zero).
+    let mut neighbours = vec![u32::MAX; 19];
+    pairs_of(&src[..37], &mut neighbours);
+    for (i, &p) in neighbours.iter().enumerate() {
+        let hi = if 2 * i + 1 < 37 { src[2 * i + 1] } else { 0.0 };
+        assert_eq!(p, pair(src[2 * i], hi));
+    }
 }
 
 fn skip() -> bool {

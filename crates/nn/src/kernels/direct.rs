@@ -171,7 +171,8 @@ pub fn conv2d_bf16(
     init.fill(out, plane);
     let nvec = wo.div_ceil(16);
     let (hp, wp) = (ho + g.k - 1, nvec * 16 + g.k - 1);
-    let mut padded = vec![0u32; cin2 * hp * wp];
+    // `lay_out_pairs` writes every element.
+    let mut padded = super::unfilled::<u32>(cin2 * hp * wp);
     lay_out_pairs(input, &g, wp, &mut padded);
     let kk = g.k * g.k;
     let row_pitch = cin2 * wp;

@@ -4,7 +4,7 @@
 //! values); scores, the online softmax and the output stay f32.
 
 use super::attention::Shape;
-use super::bf16::{pair, round_into, Tile, PANEL, ROWS as R};
+use super::bf16::{pair, pair_rows, pairs_of, Tile, PANEL, ROWS as R};
 use super::online_softmax::{row_max, State};
 
 /// Queries per block (as [`super::flash`]'s tasks).
@@ -69,9 +69,7 @@ impl Keys {
         for (jp, row) in vp.chunks_mut(dv).enumerate() {
             let lo = key_value(2 * jp).1;
             let hi = (2 * jp + 1 < m).then(|| key_value(2 * jp + 1).1);
-            for (c, o) in row.iter_mut().enumerate().take(d) {
-                *o = pair(lo[c], hi.map_or(0.0, |h| h[c]));
-            }
+            pair_rows(lo, hi, &mut row[..d]);
         }
         Self {
             kt,
@@ -99,10 +97,7 @@ impl Keys {
         for q0 in (0..rows).step_by(QB) {
             let n = QB.min(rows - q0);
             for (i, row) in qp.chunks_mut(self.d2).take(n).enumerate() {
-                let q = query(q0 + i);
-                for (t, o) in row.iter_mut().enumerate() {
-                    *o = pair(q[2 * t], q.get(2 * t + 1).copied().unwrap_or(0.0));
-                }
+                pairs_of(query(q0 + i), row);
             }
             let mut state = State::new(n, self.dv);
             for j0 in (0..self.m).step_by(chunk) {
@@ -132,15 +127,7 @@ impl Keys {
                         let s = &mut scores[r * chunk..r * chunk + len];
                         // SAFETY: AVX-512F, implied by AVX512_BF16.
                         unsafe { state.fold(i0 + r, s, row_max(s)) };
-                        let p = &mut probs[r * chunk / 2..][..len.div_ceil(2)];
-                        // SAFETY: the u32s hold len u16s and more.
-                        let halves = unsafe {
-                            std::slice::from_raw_parts_mut(p.as_mut_ptr() as *mut u16, len)
-                        };
-                        round_into(s, halves);
-                        if len % 2 == 1 {
-                            p[len / 2] &= 0xffff;
-                        }
+                        pairs_of(s, &mut probs[r * chunk / 2..][..len.div_ceil(2)]);
                     }
                     self.values(&probs, chunk, j0, len, &mut state, i0, live);
                 }

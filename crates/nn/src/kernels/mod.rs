@@ -130,12 +130,18 @@ pub fn in_dtype(w: &Tensor, dtype: DType) -> Result<Tensor> {
 /// A buffer of `n` values that its caller writes in full before reading: fresh pages are not
 /// zeroed first (zeroing was 10% of a UNet step).
 #[allow(clippy::uninit_vec)]
-pub(crate) fn unfilled(n: usize) -> Vec<f32> {
-    let mut v: Vec<f32> = Vec::with_capacity(n);
-    // SAFETY: f32 has no invalid bit patterns; every caller writes each element before use.
+pub(crate) fn unfilled<T: Plain>(n: usize) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    // SAFETY: `Plain` types have no invalid bit patterns; every caller writes each element
+    // before use.
     unsafe { v.set_len(n) };
     v
 }
+
+/// Values every bit pattern of which is valid: f32 and the bf16 kernels' u32 pairs.
+pub(crate) trait Plain: Copy {}
+impl Plain for f32 {}
+impl Plain for u32 {}
 
 /// A pointer into an output buffer shared by parallel tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]

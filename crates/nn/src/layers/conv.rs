@@ -11,16 +11,20 @@ use candle_nn::VarBuilder;
 pub struct Conv2d {
     /// `(cout, cin, k, k)`.
     dims: [usize; 4],
-    /// As loaded; `None` when packed.
-    weight: Option<Tensor>,
-    /// bf16 weights of a stride-1 convolution on a CPU with AVX512_BF16, packed once for the
-    /// bf16 kernel ([`kernels::bf16::pack_conv`]) and kept only in that form.
-    pairs: Option<Vec<u32>>,
+    weight: Weight,
     bias: Option<Tensor>,
     /// The bias on the host as f32, for the kernel.
     bias_f32: Option<Vec<f32>>,
     stride: usize,
     padding: usize,
+}
+
+/// A convolution's weight as loaded, or, for bf16 weights of a stride-1 convolution on a CPU
+/// with AVX512_BF16, packed once for the bf16 kernel ([`kernels::bf16::pack_conv`]) and kept
+/// only in that form.
+enum Weight {
+    Loaded(Tensor),
+    Pairs(Vec<u32>),
 }
 
 /// A per-(batch item, channel) affine map `x * scale + shift`, optionally followed by SiLU:
@@ -144,8 +148,7 @@ impl Conv2d {
         };
         Ok(Self {
             dims: [cout, cin, k, k],
-            weight: pairs.is_none().then_some(weight),
-            pairs,
+            weight: pairs.map_or(Weight::Loaded(weight), Weight::Pairs),
             bias: Some(bias),
             bias_f32,
             stride,
@@ -169,14 +172,13 @@ impl Conv2d {
 
     /// The weight as a tensor (unpacked again when packed).
     fn weight(&self) -> Result<Tensor> {
-        match (&self.weight, &self.pairs) {
-            (Some(w), _) => Ok(w.clone()),
-            (None, Some(pairs)) => {
+        match &self.weight {
+            Weight::Loaded(w) => Ok(w.clone()),
+            Weight::Pairs(pairs) => {
                 let [cout, cin, k, _] = self.dims;
                 let w = kernels::bf16::unpack_conv(pairs, cout, cin, k * k);
                 Tensor::from_vec(w, (cout, cin, k, k), &candle_core::Device::Cpu)
             }
-            (None, None) => unreachable!("a convolution keeps its weight in one form"),
         }
     }
 
@@ -207,7 +209,7 @@ impl Conv2d {
             && f.concat.is_none_or(kernels::usable)
             && f.per_channel.is_none_or(kernels::usable)
             && f.residual.is_none_or(kernels::usable);
-        if let (true, Some(pairs)) = (fast, &self.pairs) {
+        if let (true, Weight::Pairs(pairs)) = (fast, &self.weight) {
             return self.kernel(x, Kernel::Bf16(pairs), &f);
         }
         let weight = &kernels::in_dtype(&self.weight()?, x.dtype())?;
@@ -228,14 +230,14 @@ impl Conv2d {
 
     fn kernel(&self, x: &Tensor, weight: Kernel, f: &Fused) -> Result<Tensor> {
         let (b, c1, h, w) = x.dims4()?;
-        if c1 + f.concat.map(|c| c.dim(1)).transpose()?.unwrap_or(0) != self.dims[1] {
+        let c2 = f.concat.map(|c| c.dim(1)).transpose()?.unwrap_or(0);
+        if c1 + c2 != self.dims[1] {
             candle_core::bail!(
                 "convolution of {} channels applied to {:?}",
                 self.dims[1],
                 x.shape()
             );
         }
-        let c2 = f.concat.map(|c| c.dim(1)).transpose()?.unwrap_or(0);
         let cout = self.out_channels();
         let g = self.geometry(f);
         let input_dims = k::seen_dims((h, w), f.upsample, f.crop_rows);
@@ -246,56 +248,54 @@ impl Conv2d {
             .map(|t| t.flatten_all()?.to_vec1::<f32>())
             .transpose()?;
         kernels::with_f32(x, |xs| {
-            {
-                let with_concat = |cs: &[f32]| {
-                    let with_residual = |rs: &[f32]| {
-                        kernels::new_f32((b, cout, ho, wo), |out| {
-                            for (i, out) in out.chunks_mut(plane).enumerate() {
-                                let mut sources = vec![(&xs[i * c1 * h * w..][..c1 * h * w], c1)];
-                                if c2 > 0 {
-                                    sources.push((&cs[i * c2 * h * w..][..c2 * h * w], c2));
-                                }
-                                let cin = c1 + c2;
-                                let pre = f.pre.map(|a| k::Pre {
-                                    scale: &a.scale[i * cin..(i + 1) * cin],
-                                    shift: &a.shift[i * cin..(i + 1) * cin],
-                                    silu: a.silu,
-                                });
-                                let input = k::Input {
-                                    sources,
-                                    h,
-                                    w,
-                                    upsample: f.upsample,
-                                    crop: f.crop_rows,
-                                    pre,
-                                };
-                                let init = k::Init {
-                                    bias: self.bias_f32.as_deref(),
-                                    // One row serves every batch item (one timestep).
-                                    per_channel: per_channel.as_deref().map(|p| {
-                                        let row = if p.len() == cout { 0 } else { i };
-                                        &p[row * cout..(row + 1) * cout]
-                                    }),
-                                    residual: (!rs.is_empty()).then(|| &rs[i * plane..][..plane]),
-                                };
-                                match weight {
-                                    Kernel::F32(w) => k::conv2d(&input, w, cout, g, init, out),
-                                    Kernel::Bf16(w) => {
-                                        kernels::direct::conv2d_bf16(&input, w, cout, g, init, out)
-                                    }
+            let with_concat = |cs: &[f32]| {
+                let with_residual = |rs: &[f32]| {
+                    kernels::new_f32((b, cout, ho, wo), |out| {
+                        for (i, out) in out.chunks_mut(plane).enumerate() {
+                            let mut sources = vec![(&xs[i * c1 * h * w..][..c1 * h * w], c1)];
+                            if c2 > 0 {
+                                sources.push((&cs[i * c2 * h * w..][..c2 * h * w], c2));
+                            }
+                            let cin = c1 + c2;
+                            let pre = f.pre.map(|a| k::Pre {
+                                scale: &a.scale[i * cin..(i + 1) * cin],
+                                shift: &a.shift[i * cin..(i + 1) * cin],
+                                silu: a.silu,
+                            });
+                            let input = k::Input {
+                                sources,
+                                h,
+                                w,
+                                upsample: f.upsample,
+                                crop: f.crop_rows,
+                                pre,
+                            };
+                            let init = k::Init {
+                                bias: self.bias_f32.as_deref(),
+                                // One row serves every batch item (one timestep).
+                                per_channel: per_channel.as_deref().map(|p| {
+                                    let row = if p.len() == cout { 0 } else { i };
+                                    &p[row * cout..(row + 1) * cout]
+                                }),
+                                residual: (!rs.is_empty()).then(|| &rs[i * plane..][..plane]),
+                            };
+                            match weight {
+                                Kernel::F32(w) => k::conv2d(&input, w, cout, g, init, out),
+                                Kernel::Bf16(w) => {
+                                    kernels::direct::conv2d_bf16(&input, w, cout, g, init, out)
                                 }
                             }
-                        })
-                    };
-                    match f.residual {
-                        Some(r) => kernels::with_f32(r, with_residual)?,
-                        None => with_residual(&[]),
-                    }
+                        }
+                    })
                 };
-                match f.concat {
-                    Some(c) => kernels::with_f32(c, with_concat)?,
-                    None => with_concat(&[]),
+                match f.residual {
+                    Some(r) => kernels::with_f32(r, with_residual)?,
+                    None => with_residual(&[]),
                 }
+            };
+            match f.concat {
+                Some(c) => kernels::with_f32(c, with_concat)?,
+                None => with_concat(&[]),
             }
         })?
     }

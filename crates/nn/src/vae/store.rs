@@ -252,7 +252,7 @@ impl Store {
             }
             Place::File(file) => {
                 // `read_exact_at` fills every plane or fails.
-                let (h, mut data) = (self.h, crate::kernels::unfilled(c * n * w));
+                let (h, mut data) = (self.h, crate::kernels::unfilled::<f32>(c * n * w));
                 data.par_chunks_exact_mut(n * w)
                     .enumerate()
                     .try_for_each(|(ch, plane)| {
