@@ -209,15 +209,27 @@ fn rest() -> Vec<Figure> {
         (320, 64, 64),
         |input, w, c, y| conv::im2col_gemm(input, w, c, SAME, conv::Init::default(), y),
     ));
-    // The VAE decoder's convolutions on bands of a 2048² picture.
-    for (c, h, w) in [
-        (512, 16, 256),
-        (512, 16, 512),
-        (256, 8, 1024),
-        (128, 4, 2048),
+    // The VAE decoder's convolutions on bands of a 2048² picture (256 px tiles: 32 rows at
+    // full resolution), direct and Winograd (its GFLOP/s counted as the direct kernel's work).
+    // Then the UNet's at a 512 px window.
+    for (net, c, h, w) in [
+        ("VAE", 512, 16, 256),
+        ("VAE", 512, 16, 512),
+        ("VAE", 256, 8, 1024),
+        ("VAE", 128, 32, 2048),
+        ("UNet", 320, 64, 64),
+        ("UNet", 640, 32, 32),
     ] {
-        let what = format!("VAE conv 3x3 {c}->{c} @{h}x{w} (chosen path)");
-        out.push(conv_figure(&what, (c, h, w), same));
+        let what = format!("{net} conv 3x3 {c}->{c} @{h}x{w} (direct)");
+        out.push(conv_figure(&what, (c, h, w), |input, w, c, y| {
+            super::direct::conv2d(input, w, c, SAME, conv::Init::default(), y)
+        }));
+        if super::winograd::applies(&SAME, w, c, c) {
+            let what = format!("{net} conv 3x3 {c}->{c} @{h}x{w} (Winograd)");
+            out.push(conv_figure(&what, (c, h, w), |input, w, c, y| {
+                super::winograd::conv2d(input, w, c, SAME, conv::Init::default(), y)
+            }));
+        }
     }
     attention_figures(&mut out, "self-attention 4096 tokens, 8x40", 8, 40, 0.158);
     // The VAE's mid-block attention: one head of 512 channels (quadratic in the picture).

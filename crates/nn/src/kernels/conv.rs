@@ -35,6 +35,9 @@ pub fn conv2d(
     let (_, wo) = g.out_dims(input.dims());
     let direct_1x1 =
         g.k == 1 && input.pre.is_none() && input.sources.len() == 1 && input.as_stored();
+    if super::winograd::applies(&g, wo, input.channels(), cout) && direct_enabled() {
+        return super::winograd::conv2d(input, weight, cout, g, init, out);
+    }
     if super::direct::applies(&g, wo) && !direct_1x1 && direct_enabled() {
         return super::direct::conv2d(input, weight, cout, g, init, out);
     }

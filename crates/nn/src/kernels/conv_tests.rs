@@ -183,3 +183,83 @@ fn concatenation_upsampling_cropping_and_the_pre_op_read_by_index() {
         }
     }
 }
+
+/// Winograd F(2x2, 3x3) against the definition: odd output rows and columns, widths that a
+/// chunk of 64 blocks does not divide, every padding a band of the tiled VAE uses, bias,
+/// per-channel term and residual; then concatenated, upsampled, cropped sources through the
+/// pre-op. Needs AVX-512F (elsewhere Winograd is never chosen).
+#[test]
+fn winograd_matches_the_definition() {
+    if !super::super::winograd::applies(&SAME3, 1 << 10, 64, 64) {
+        eprintln!("Winograd needs AVX-512F on x86_64 (and no TESSERA_NO_WINOGRAD): not run");
+        return;
+    }
+    use super::super::winograd::conv2d as winograd;
+    for (i, (cin, cout, h, w, pad)) in [
+        (32, 37, 5, 130, (1, 1, 1, 1)),
+        (40, 32, 4, 256, (0, 1, 1, 1)),
+        (33, 6, 7, 67, (1, 0, 1, 1)),
+        (16, 40, 2, 300, (0, 0, 1, 1)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let g = Geometry {
+            k: 3,
+            stride: 1,
+            pad,
+        };
+        let (ho, wo) = g.out_dims((h, w));
+        let residual = values(cout * ho * wo, 9 + i as u32);
+        let per_channel = values(cout, 10 + i as u32);
+        let (got, mut want) =
+            against_reference((cin, cout, h, w), g, 3, |input, weight, init, out| {
+                let init = Init {
+                    residual: Some(&residual),
+                    per_channel: Some(&per_channel),
+                    ..init
+                };
+                winograd(input, weight, cout, g, init, out)
+            });
+        for (j, v) in want.iter_mut().enumerate() {
+            *v += residual[j] + per_channel[j / (ho * wo)];
+        }
+        let err = max_error(&got, &want);
+        assert!(
+            err < 1e-5 * (9 * cin) as f32,
+            "{cin}->{cout} {h}x{w} {pad:?}: {err}"
+        );
+    }
+    let (c1, c2, cout, h, w) = (20, 13, 33, 3, 70);
+    let a = values(c1 * h * w, 11);
+    let b = values(c2 * h * w, 12);
+    let scale = values(c1 + c2, 13);
+    let shift = values(c1 + c2, 14);
+    let weight = values(cout * (c1 + c2) * 9, 15);
+    for crop in [(0, 0), (1, 0), (1, 1)] {
+        let input = Input {
+            sources: vec![(&a, c1), (&b, c2)],
+            h,
+            w,
+            upsample: true,
+            crop,
+            pre: Some(Pre {
+                scale: &scale,
+                shift: &shift,
+                silu: true,
+            }),
+        };
+        let mut want = vec![f32::NAN; cout * (2 * h - crop.0 - crop.1) * 2 * w];
+        let mut got = want.clone();
+        im2col_gemm(&input, &weight, cout, SAME3, Init::default(), &mut want);
+        winograd(&input, &weight, cout, SAME3, Init::default(), &mut got);
+        let err = max_error(&got, &want);
+        assert!(err < 1e-4, "upsampled, crop {crop:?}: {err}");
+    }
+}
+
+const SAME3: Geometry = Geometry {
+    k: 3,
+    stride: 1,
+    pad: (1, 1, 1, 1),
+};

@@ -20,7 +20,7 @@ use super::operand::{Geometry, Init, Input};
 use rayon::prelude::*;
 
 /// Output channels per tile.
-const OC: usize = 6;
+pub(super) const OC: usize = 6;
 /// Vectors of 16 pixels per tile.
 const NV: usize = 4;
 
@@ -75,7 +75,7 @@ fn padded_row(input: &Input, plane: &[f32], g: &Geometry, c: usize, yp: usize, r
 }
 
 /// The input as the f32 kernel reads it: `(hp, cin, wp)`.
-fn lay_out(input: &Input, g: &Geometry, wp: usize, buf: &mut [f32]) {
+pub(super) fn lay_out(input: &Input, g: &Geometry, wp: usize, buf: &mut [f32]) {
     let planes = planes(input);
     let cin = planes.len();
     buf.par_chunks_mut(cin * wp)
@@ -291,24 +291,27 @@ fn columns_per_task(bytes_per_column: usize, nvec: usize) -> usize {
     (vecs / NV * NV).clamp(NV, nvec.max(NV))
 }
 
-struct Tile<'a> {
-    padded: &'a [f32],
-    wp: usize,
-    cin: usize,
-    weight: &'a [f32],
-    y: usize,
-    x0: usize,
-    oc0: usize,
-    noc: usize,
-    wo: usize,
-    ho: usize,
+/// One register tile: output channels `oc0..+noc` (at most [`OC`]), row `y`, columns
+/// `x0..+16V` of a `(cout, ho, wo)` output, from the `(hp, cin, wp)` layout and weights as
+/// stored (`[cout, cin, K, K]`). Winograd's products use it as a 1x1 convolution.
+pub(super) struct Tile<'a> {
+    pub padded: &'a [f32],
+    pub wp: usize,
+    pub cin: usize,
+    pub weight: &'a [f32],
+    pub y: usize,
+    pub x0: usize,
+    pub oc0: usize,
+    pub noc: usize,
+    pub wo: usize,
+    pub ho: usize,
 }
 
 impl Tile<'_> {
     /// The tile of a `K` x `K` kernel with `V` vectors of 16 pixels.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn run<const K: usize, const V: usize>(&self, init: Init, out: *mut f32) {
+    pub(super) unsafe fn run<const K: usize, const V: usize>(&self, init: Init, out: *mut f32) {
         let mut acc = [[_mm512_setzero_ps(); V]; OC];
         let kk = K * K;
         let wstride = self.cin * kk;
@@ -355,7 +358,7 @@ impl Tile<'_> {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn run<const K: usize, const V: usize>(&self, _: Init, _: *mut f32) {
+    pub(super) unsafe fn run<const K: usize, const V: usize>(&self, _: Init, _: *mut f32) {
         unreachable!("the direct kernel is only chosen on x86_64 with AVX-512")
     }
 }

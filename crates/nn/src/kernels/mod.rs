@@ -32,6 +32,7 @@ pub mod math;
 pub mod norm;
 pub(crate) mod online_softmax;
 pub mod operand;
+pub mod winograd;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
 
