@@ -28,6 +28,8 @@ fn sd15() -> ModelFacts {
             vae_encoder_params: 34_163_664,
             vae_decoder_params: 49_490_199,
             vae_channels: 256,
+            vae_top_channels: 128,
+            vae_weight_bytes: 4,
             vae_mid_channels: 512,
             // The estimate of candle's path (GPUs, CPUs without AVX-512): the larger one.
             attention_scores: true,

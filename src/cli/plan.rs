@@ -29,6 +29,9 @@ pub struct PlanArgs {
     /// VAE tile side in pixels (0: one piece) [default: 256].
     #[arg(long, value_name = "PX")]
     vae_tile: Option<usize>,
+    /// Plan for this precision, as `render --dtype` would: f32, f16, bf16.
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 pub fn run(a: &PlanArgs) -> Result<()> {
@@ -39,6 +42,7 @@ pub fn run(a: &PlanArgs) -> Result<()> {
         stream_weights: a.stream_weights,
         attention_mib: a.attention_mib,
         vae_tile: a.vae_tile,
+        dtype: a.dtype.clone(),
         ..Default::default()
     };
     let settings = spec::resolve(Some((&a.spec, file)), &overrides)?;
@@ -79,6 +83,12 @@ pub fn run(a: &PlanArgs) -> Result<()> {
         },
         s.precision.name()
     );
+    if let Some(scratch) = s.vae_scratch.filter(|_| s.tiles.vae.is_some()) {
+        println!(
+            "VAE stores in RAM: up to {} (the rest in files)",
+            tessera::report::mib(scratch)
+        );
+    }
     if let Some(budget) = s.max_memory {
         println!(
             "memory budget:     {} ({})",

@@ -20,21 +20,24 @@ const MIB: u64 = 1 << 20;
 const BASE: u64 = 48 * MIB;
 /// UNet activations at window resolution, in units of batch x tokens x channels[0] x 4 bytes
 /// (skip connections, residual streams and the transformer's token tensors).
-const UNET_TOP_UNITS: f64 = 22.0;
+const UNET_TOP_UNITS: f64 = 24.5;
 /// A streamed layer's weights are read once and then copied once more by the convolution
 /// kernels (candle reshapes the kernel), plus the im2col of deep, narrow layers.
-const STREAMED_LAYER_COPIES: f64 = 2.2;
+const STREAMED_LAYER_COPIES: f64 = 1.35;
 /// VAE activations per tile, in units of tile pixels x channels x 4 bytes, where channels are
 /// those entering the decoder's full-resolution stage (`block_out_channels[1]`): that stage's
-/// upsampling convolution is the largest. Re-fitted to the SD 1.5 runs inside 800 MiB after the
-/// direct convolution kernel (it lays out a padded copy of its input): 5.95-6.4 units measured
-/// in the four VAE phases of the 512 and 2048 renders (was 4.6 before that kernel).
-const VAE_TILE_UNITS: f64 = 6.2;
+/// upsampling convolution is the largest. Fitted to SD 1.5 decodes with every store in files
+/// (`tessera bench vae-decode --store-mib 0`, BENCHMARKS.md): the tiled VAE's RAM stores are
+/// counted apart, as granted.
+const VAE_TILE_UNITS: f64 = 2.6;
+/// The same where the VAE multiplies in bf16 (its weights and its convolutions' laid-out input
+/// are half the size).
+const VAE_TILE_UNITS_BF16: f64 = 2.2;
 /// Headroom kept free under a budget for what the estimate cannot see (page cache, jitter).
 const HEADROOM: f64 = 0.9;
-/// Windows share a UNet evaluation while that raises the estimated peak by at most this share:
-/// memory stays that of one window, and the tiny model's per-layer overhead is paid once per
-/// group rather than once per window.
+/// Windows share a UNet evaluation, and the tiled VAE keeps stores in RAM, while that raises
+/// the estimated peak by at most this share: memory stays that of one window, and the tiny
+/// model's per-layer overhead is paid once per group rather than once per window.
 const GROUP_GROWTH: f64 = 0.10;
 /// The most windows one evaluation takes.
 const MAX_GROUP: usize = 16;
@@ -54,6 +57,11 @@ pub struct MemoryFacts {
     pub vae_decoder_params: u64,
     /// Channels entering the VAE decoder's full-resolution stage.
     pub vae_channels: usize,
+    /// Channels of the VAE's full-resolution stage (`block_out_channels[0]`).
+    pub vae_top_channels: usize,
+    /// Bytes per VAE weight as loaded for an f32 VAE: 2 where a CPU multiplies bf16 weights in
+    /// bf16 (`--dtype bf16` with AVX512_BF16), else 4 (0 is read as 4).
+    pub vae_weight_bytes: u64,
     /// Channels of the VAE's mid-block attention (its keys and values are held whole).
     pub vae_mid_channels: usize,
     /// Whether attention materialises chunks of scores (candle's path, GPUs) rather than
@@ -143,33 +151,57 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
     // A tiled pass streams the picture (the guide's upscale in, PNG rows out) band by band;
     // only a one-piece pass holds it whole.
     let tiled = |w: usize, h: usize| s.tiles.vae.is_some_and(|t| w.max(h) > t);
-    let tile_act =
-        |side: u64| (VAE_TILE_UNITS * (side * side * m.vae_channels as u64 * 4) as f64) as u64;
+    // An f32 VAE on the CPU, its weights in bf16 where it multiplies in bf16.
+    let vae_bytes = match (m.device_free, m.vae_weight_bytes) {
+        (None, 2) => 2,
+        _ => 4,
+    };
+    let units = match vae_bytes {
+        2 => VAE_TILE_UNITS_BF16,
+        _ => VAE_TILE_UNITS,
+    };
+    let tile_act = |side: u64| (units * (side * side * m.vae_channels as u64 * 4) as f64) as u64;
+    // The tiled VAE's whole-image stores held in RAM (or device memory): what a pass needs at
+    // once, within what the planner granted. The largest set: the full-resolution stage's first
+    // resnet, its input (`vae_channels`) and two outputs (`vae_top_channels`) alive together.
+    let stores = |w: usize, h: usize| {
+        let need = ((m.vae_channels + 2 * m.vae_top_channels) * w * h * 4) as u64;
+        s.vae_scratch.map_or(need, |granted| granted.min(need))
+    };
     let image = |w: usize, h: usize| (w * h * 3 * 4) as u64;
     let canvas_latents = (plan.width / 8 * plan.height / 8 * 4 * 4) as u64 * 8;
 
     let encode_prompts = base
         + m.text_encoder_params * s.precision.size() as u64
         + plan.prompts.len() as u64 * 2 * 77 * 1024 * 4;
-    // In one piece the decoded picture is held once (f32); the encoder holds its input and a
-    // copy.
     // The mid-block attention holds keys and values of every latent pixel (f32), and on
     // candle's path score chunks of at most 64 MiB with their softmax.
     let mid_attention = |w: usize, h: usize| {
         let kv = (w / 8 * h / 8 * m.vae_mid_channels * 2 * 4) as u64;
         kv + if m.attention_scores { 2 * 64 * MIB } else { 0 }
     };
-    let decode_at = |w: usize, h: usize| {
-        let picture = if tiled(w, h) { 0 } else { image(w, h) };
-        m.vae_decoder_params * 4 + tile_act(vae_tile(w, h)).max(mid_attention(w, h)) + picture
+    // A tiled pass holds its stores; a one-piece pass the picture instead.
+    let held = |w: usize, h: usize, pictures: u64| match tiled(w, h) {
+        true => stores(w, h),
+        false => pictures * image(w, h),
     };
-    let encode_at = |w: usize, h: usize| {
-        let picture = if tiled(w, h) { 0 } else { 2 * image(w, h) };
-        m.vae_encoder_params * 4 + tile_act(vae_tile(w, h)).max(mid_attention(w, h)) + picture
+    // The mid-block attention's keys and values are held while the stores at latent size are
+    // (the full-resolution stores, the largest, come later).
+    let at_latent = |w: usize, h: usize| {
+        let need = (2 * m.vae_mid_channels * (w / 8) * (h / 8) * 4) as u64;
+        let ram = s.vae_scratch.map_or(need, |granted| granted.min(need));
+        mid_attention(w, h) + if tiled(w, h) { ram } else { 0 }
     };
+    let vae_at = |params: u64, w: usize, h: usize, pictures: u64| {
+        let full_resolution = tile_act(vae_tile(w, h)) + held(w, h, pictures);
+        params * vae_bytes + full_resolution.max(at_latent(w, h))
+    };
+    // In one piece the decoded picture is held once (f32), the encoder's input and a copy.
+    let decode_at = |w: usize, h: usize| vae_at(m.vae_decoder_params, w, h, 1);
+    let encode_at = |w: usize, h: usize| vae_at(m.vae_encoder_params, w, h, 2);
     // A decoder that decoded the guide and stays for the final decode.
     let kept_decoder = match &plan.guide {
-        Some(g) if g.image.is_none() && s.keep_decoder => m.vae_decoder_params * 4,
+        Some(g) if g.image.is_none() && s.keep_decoder => m.vae_decoder_params * vae_bytes,
         _ => 0,
     };
     let guide_pass = plan.guide.as_ref().map_or(0, |g| {
@@ -253,22 +285,25 @@ fn planned(s: &Settings, facts: &ModelFacts) -> Result<(Plan, Estimate)> {
 pub fn fit(s: &Settings, facts: &ModelFacts) -> Result<Fitted> {
     let original = s;
     let mut s = s.clone();
+    // Settings are relaxed and windows grouped with every tiled-VAE store in files; the RAM
+    // the stores may have is decided last (`grant_stores`).
+    s.vae_scratch = Some(0);
     let (mut plan, mut est) = planned(&s, facts)?;
     let Some(budget) = s.max_memory else {
-        est = group_windows(&mut s, &plan, &facts.memory, est, u64::MAX);
-        // No budget: the tiled VAE may keep in RAM what the render's peak phase will use
-        // anyway, so the picture never raises the peak (the rest of its scratch goes to files).
-        // On a GPU its stores take what the device has free (through host RAM a 2048² decode
+        let ceiling = grown(&est, u64::MAX);
+        est = group_windows(&mut s, &plan, &facts.memory, est, ceiling);
+        // On a GPU the stores take what the device has free (through host RAM a 2048² decode
         // took 62 s instead of 3.7 s on an H200), so a small card spills rather than fails.
         s.vae_scratch = match facts.memory.device_free {
-            None => Some(est.peak().saturating_sub(est.guide_pass.max(est.decode))),
+            None => grant_stores(&s, &plan, &facts.memory, ceiling).0,
             Some(0) => None,
             Some(free) => Some(((free as f64 * HEADROOM) as u64).saturating_sub(est.peak())),
         };
+        let estimate = estimate(&plan, &facts.memory, &s);
         return Ok(Fitted {
             settings: s,
             plan,
-            estimate: est,
+            estimate,
             chosen: Vec::new(),
         });
     };
@@ -336,9 +371,9 @@ pub fn fit(s: &Settings, facts: &ModelFacts) -> Result<Fitted> {
             }
         }
     }
-    est = group_windows(&mut s, &plan, &facts.memory, est, limit);
-    // The estimate counts the tiled VAE's scratch as files; what it leaves free may hold it.
-    s.vae_scratch = Some(limit.saturating_sub(est.peak()));
+    let ceiling = grown(&est, limit);
+    group_windows(&mut s, &plan, &facts.memory, est, ceiling);
+    (s.vae_scratch, est) = grant_stores(&s, &plan, &facts.memory, ceiling);
     let chosen = changes(original, &s);
     Ok(Fitted {
         settings: s,
@@ -348,14 +383,51 @@ pub fn fit(s: &Settings, facts: &ModelFacts) -> Result<Fitted> {
     })
 }
 
-/// The most windows per UNet evaluation that raise the estimated peak by at most
-/// [`GROUP_GROWTH`] and stay within `limit`; returns the estimate with them.
+/// What the render may grow to from its one-window, stores-in-files estimate: by
+/// [`GROUP_GROWTH`], within `limit`. Window groups (the canvas pass) and the tiled VAE's RAM
+/// stores (the VAE phases) both grow to it and no further, so a render's peak is that of one
+/// window whatever the canvas size: a 2K canvas fills both, a 512 one the stores.
+fn grown(one: &Estimate, limit: u64) -> u64 {
+    ((one.peak() as f64 * (1.0 + GROUP_GROWTH)) as u64).min(limit)
+}
+
+/// The most RAM the tiled VAE's stores may have with every VAE phase's estimate within
+/// `ceiling` (found by bisection: the estimate grows with the grant, then stops where the
+/// stores of the largest pass fit); returns it with the estimate.
+fn grant_stores(
+    s: &Settings,
+    plan: &Plan,
+    m: &MemoryFacts,
+    ceiling: u64,
+) -> (Option<u64>, Estimate) {
+    let with = |grant: u64| {
+        let mut granted = s.clone();
+        granted.vae_scratch = Some(grant);
+        let est = estimate(plan, m, &granted);
+        (est, est.guide_pass.max(est.decode) <= ceiling)
+    };
+    let (mut fits, mut over) = (0, ceiling.max(1));
+    if with(over).1 {
+        fits = over;
+    }
+    while over - fits > MIB && !with(over).1 {
+        let mid = fits + (over - fits) / 2;
+        match with(mid).1 {
+            true => fits = mid,
+            false => over = mid,
+        }
+    }
+    (Some(fits), with(fits).0)
+}
+
+/// The most windows per UNet evaluation whose estimate stays within `ceiling`; returns the
+/// estimate with them.
 fn group_windows(
     s: &mut Settings,
     plan: &Plan,
     m: &MemoryFacts,
     one: Estimate,
-    limit: u64,
+    ceiling: u64,
 ) -> Estimate {
     let per_step = plan
         .guide
@@ -363,7 +435,6 @@ fn group_windows(
         .map_or(0, |g| g.windows.len())
         .max(plan.windows.len())
         .min(MAX_GROUP);
-    let ceiling = ((one.peak() as f64 * (1.0 + GROUP_GROWTH)) as u64).min(limit);
     let mut best = one;
     for group in 2..=per_step {
         let mut wider = s.clone();

@@ -76,6 +76,13 @@ pub fn model_facts(dir: &ModelDir, rt: &Runtime) -> Result<ModelFacts> {
                 let ch = dir.vae_config()?.block_out_channels;
                 ch.get(1).or(ch.first()).copied().unwrap_or(0)
             },
+            vae_top_channels: dir
+                .vae_config()?
+                .block_out_channels
+                .first()
+                .copied()
+                .unwrap_or(0),
+            vae_weight_bytes: rt.vae_f32_weight_dtype().size_in_bytes() as u64,
             vae_mid_channels: dir
                 .vae_config()?
                 .block_out_channels

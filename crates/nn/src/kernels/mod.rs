@@ -133,10 +133,30 @@ pub fn in_dtype(w: &Tensor, dtype: DType) -> Result<Tensor> {
 #[allow(clippy::uninit_vec)]
 pub(crate) fn unfilled<T: Plain>(n: usize) -> Vec<T> {
     let mut v: Vec<T> = Vec::with_capacity(n);
+    huge_pages(&v);
     // SAFETY: `Plain` types have no invalid bit patterns; every caller writes each element
     // before use.
     unsafe { v.set_len(n) };
     v
+}
+
+/// Ask for a large buffer's fresh pages as transparent huge pages where the system leaves that
+/// to each program (`madvise` mode): glibc maps every allocation over 32 MiB anew, so each band
+/// of a 2K tiled decode took a fault per 4 KiB (1024² decode: 8.8 M faults, 24 s of system
+/// time in 52 s).
+fn huge_pages<T>(v: &Vec<T>) {
+    const LARGE: usize = 4 << 20;
+    let bytes = v.capacity() * std::mem::size_of::<T>();
+    #[cfg(target_os = "linux")]
+    if bytes >= LARGE {
+        let page = 4096;
+        let start = (v.as_ptr() as usize).next_multiple_of(page);
+        let end = (v.as_ptr() as usize + bytes) / page * page;
+        // SAFETY: advice on pages of this allocation only; it changes no contents.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (bytes, LARGE);
 }
 
 /// Values every bit pattern of which is valid: f32 and the bf16 kernels' u32 pairs.

@@ -93,14 +93,13 @@ impl Scratch {
 }
 
 enum Place {
-    /// `(c, h, w)` planes.
-    Ram(Vec<f32>),
+    /// `(c, h, w)` planes: the first `ram.len() / (h * w)` channels in RAM, the rest in the
+    /// file, so a store larger than what is left of the budget still uses all of it.
+    Host { ram: Vec<f32>, file: Option<File> },
     /// Bands as written, each `(first row, (1, C, rows, W))`: on the GPU, or, beyond the
     /// budget of a pass on a GPU, in host RAM as they came off it (one copy each way, no
     /// re-layout: planes were 25x slower, 93 s for a 2048² decode on an H200).
     Bands(Vec<(usize, Tensor)>),
-    /// `(c, h, w)` planes.
-    File(File),
 }
 
 pub struct Store {
@@ -115,8 +114,10 @@ pub struct Store {
 impl Drop for Store {
     fn drop(&mut self) {
         self.scratch.give_back(self.held);
-        if let Place::Ram(v) = &mut self.place {
-            self.scratch.keep(std::mem::take(v));
+        if let Place::Host { ram, .. } = &mut self.place {
+            if !ram.is_empty() {
+                self.scratch.keep(std::mem::take(ram));
+            }
         }
     }
 }
@@ -155,20 +156,31 @@ fn scratch_file(bytes: u64) -> Result<File> {
 
 impl Store {
     pub fn new(c: usize, h: usize, w: usize, scratch: &Scratch) -> Result<Self> {
-        let on_gpu = !scratch.device.is_cpu();
-        let bytes = (c * h * w) as u64
-            * if on_gpu {
-                scratch.dtype.size_in_bytes() as u64
-            } else {
-                4
-            };
-        // On a GPU the budget is the device's; what does not fit waits in host RAM (a copy
-        // each way per band, far cheaper than a file).
-        let (place, held) = match scratch.take(bytes) {
-            true if on_gpu => (Place::Bands(Vec::new()), bytes),
-            true => (Place::Ram(scratch.ram(c * h * w)), bytes),
-            false if on_gpu => (Place::Bands(Vec::new()), 0),
-            false => (Place::File(scratch_file((c * h * w * 4) as u64)?), 0),
+        let (place, held) = match scratch.device.is_cpu() {
+            // As many whole channels in RAM as the budget has left, the rest in a file.
+            true => {
+                let plane = h * w;
+                let in_ram = c.min((scratch.left.get() / (plane as u64 * 4)) as usize);
+                let held = (in_ram * plane * 4) as u64;
+                scratch.take(held);
+                let ram = match in_ram {
+                    0 => Vec::new(),
+                    _ => scratch.ram(in_ram * plane),
+                };
+                let file = (in_ram < c)
+                    .then(|| scratch_file(((c - in_ram) * plane * 4) as u64))
+                    .transpose()?;
+                (Place::Host { ram, file }, held)
+            }
+            // On a GPU the budget is the device's; what does not fit waits in host RAM (a
+            // copy each way per band, far cheaper than a file).
+            false => {
+                let bytes = (c * h * w * scratch.dtype.size_in_bytes()) as u64;
+                match scratch.take(bytes) {
+                    true => (Place::Bands(Vec::new()), bytes),
+                    false => (Place::Bands(Vec::new()), 0),
+                }
+            }
         };
         Ok(Self {
             c,
@@ -203,14 +215,15 @@ impl Store {
             }
             // One task per channel, in RAM and in files: a serial copy left the other cores
             // idle (and took the fresh pages' faults on one thread).
-            Place::Ram(data) => host_f32(t, |src| {
-                data.par_chunks_mut(h * w_)
-                    .zip(src.par_chunks_exact(rows * w))
+            Place::Host { ram, file } => host_f32(t, |src| {
+                let in_ram = ram.len() / (h * w_);
+                let (to_ram, to_file) = src.split_at(in_ram * rows * w);
+                ram.par_chunks_mut(h * w_)
+                    .zip(to_ram.par_chunks_exact(rows * w))
                     .for_each(|(dst, plane)| dst[y * w_..][..rows * w].copy_from_slice(plane));
-                Ok(())
-            })?,
-            Place::File(file) => host_f32(t, |src| {
-                src.par_chunks_exact(rows * w)
+                let Some(file) = file else { return Ok(()) };
+                to_file
+                    .par_chunks_exact(rows * w)
                     .enumerate()
                     .try_for_each(|(ch, plane)| {
                         let at = ((ch * h + y) * w_ * 4) as u64;
@@ -243,24 +256,29 @@ impl Store {
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&parts, 2)
             }
-            Place::Ram(data) => {
-                let (h, mut out) = (self.h, crate::kernels::unfilled(c * n * w));
-                out.par_chunks_mut(n * w).enumerate().for_each(|(ch, o)| {
-                    o.copy_from_slice(&data[(ch * h + rows.start) * w..][..n * w])
-                });
-                Tensor::from_vec(out, (1, c, n, w), &host())
-            }
-            Place::File(file) => {
-                // `read_exact_at` fills every plane or fails.
-                let (h, mut data) = (self.h, crate::kernels::unfilled::<f32>(c * n * w));
-                data.par_chunks_exact_mut(n * w)
+            Place::Host { ram, file } => {
+                let h = self.h;
+                let in_ram = ram.len() / (h * w);
+                // `read_exact_at` fills every plane from the file or fails.
+                let mut out = crate::kernels::unfilled::<f32>(c * n * w);
+                let (from_ram, from_file) = out.split_at_mut(in_ram * n * w);
+                from_ram
+                    .par_chunks_mut(n * w)
                     .enumerate()
-                    .try_for_each(|(ch, plane)| {
-                        let at = ((ch * h + rows.start) * w * 4) as u64;
-                        file.read_exact_at(bytemuck::cast_slice_mut(plane), at)
-                            .map_err(io)
-                    })?;
-                Tensor::from_vec(data, (1, c, n, w), &host())
+                    .for_each(|(ch, o)| {
+                        o.copy_from_slice(&ram[(ch * h + rows.start) * w..][..n * w])
+                    });
+                if let Some(file) = file {
+                    from_file
+                        .par_chunks_exact_mut(n * w)
+                        .enumerate()
+                        .try_for_each(|(ch, plane)| {
+                            let at = ((ch * h + rows.start) * w * 4) as u64;
+                            file.read_exact_at(bytemuck::cast_slice_mut(plane), at)
+                                .map_err(io)
+                        })?;
+                }
+                Tensor::from_vec(out, (1, c, n, w), &host())
             }
         }
     }

@@ -255,7 +255,7 @@ pub struct Settings {
     /// memory budget needs its weights free during the canvas pass).
     pub keep_decoder: bool,
     /// Bytes of the tiled VAE's whole-image scratch kept in RAM, the rest in files (`None`:
-    /// all in RAM; a memory budget gives it what the estimate leaves free).
+    /// all in RAM; `budget::fit` grants what keeps the VAE phases within the render's peak).
     pub vae_scratch: Option<u64>,
     /// At most this many windows of a step share one UNet evaluation (the planner chooses:
     /// see `budget::fit`).
