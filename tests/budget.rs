@@ -145,3 +145,40 @@ fn an_image_region_counts_its_encode_in_the_canvas_phase() {
     let with = budget::estimate(&plan, &sd15().memory, &s).canvas_denoise;
     assert!(with > without, "{with} <= {without}");
 }
+
+/// Under a budget the tiled VAE's RAM stores and the window groups both grow to one ceiling,
+/// so a 2K canvas's estimated peak is its 512 window's (measured peaks: BENCHMARKS.md), and
+/// the stores' RAM is counted in the phases that hold it.
+#[test]
+fn a_2k_canvas_peaks_where_its_window_does_under_a_budget() {
+    for (dtype, vae_bytes) in [("f32", 4), ("bf16", 2)] {
+        let mut facts = sd15();
+        facts.memory.vae_weight_bytes = vae_bytes;
+        // The CPU's flash kernels hold no score chunks.
+        facts.memory.attention_scores = false;
+        let extra = format!("dtype = \"{dtype}\"");
+        let fit = |side| budget::fit(&settings(side, Some("800M"), &extra), &facts).unwrap();
+        let (window, canvas) = (fit(512), fit(2048));
+        let ratio = canvas.estimate.peak() as f64 / window.estimate.peak() as f64;
+        eprintln!(
+            "{dtype}: window {:?}\n  2K {:?}, {ratio:.3}x",
+            window.estimate, canvas.estimate
+        );
+        assert!(
+            ratio <= 1.15,
+            "{dtype}: the 2K peak is {ratio:.3}x the window's"
+        );
+        for f in [&window, &canvas] {
+            assert!(f.estimate.peak() <= 720 * MIB, "{dtype}: {:?}", f.estimate);
+            let granted = f.settings.vae_scratch.unwrap_or(0);
+            assert!(granted > 0, "{dtype}: no RAM for the VAE's stores");
+            let mut in_files = f.settings.clone();
+            in_files.vae_scratch = Some(0);
+            let without = budget::estimate(&f.plan, &facts.memory, &in_files).decode;
+            assert!(
+                f.estimate.decode > without,
+                "{dtype}: the stores' {granted} bytes of RAM are not counted"
+            );
+        }
+    }
+}

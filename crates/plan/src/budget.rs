@@ -174,10 +174,11 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
     let encode_prompts = base
         + m.text_encoder_params * s.precision.size() as u64
         + plan.prompts.len() as u64 * 2 * 77 * 1024 * 4;
-    // The mid-block attention holds keys and values of every latent pixel (f32), and on
-    // candle's path score chunks of at most 64 MiB with their softmax.
+    // The mid-block attention holds keys and values of every latent pixel (f32; bf16 where
+    // the VAE multiplies in bf16), and on candle's path score chunks of at most 64 MiB with
+    // their softmax.
     let mid_attention = |w: usize, h: usize| {
-        let kv = (w / 8 * h / 8 * m.vae_mid_channels * 2 * 4) as u64;
+        let kv = (w / 8 * h / 8 * m.vae_mid_channels * 2) as u64 * vae_bytes;
         kv + if m.attention_scores { 2 * 64 * MIB } else { 0 }
     };
     // A tiled pass holds its stores; a one-piece pass the picture instead.

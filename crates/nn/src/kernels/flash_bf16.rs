@@ -37,48 +37,93 @@ impl super::flash::HeadKeys for Keys {
 }
 
 /// One head's keys (scaled) as panels of [`PANEL`] keys, `(d/2, PANEL)` pairs of channels, and
-/// its values as `(m/2, dv)` pairs of keys, `dv` = d padded to 16; zero past the ends.
-struct Keys {
+/// its values as `(m/2, dv)` pairs of keys, `dv` = d padded to 16; zero past the ends. Half
+/// the bytes of [`super::flash::Keys`]: the tiled VAE holds a 2K picture's keys and values in
+/// 128 MiB instead of 256.
+pub struct Keys {
     kt: Vec<u32>,
     vp: Vec<u32>,
     d: usize,
     d2: usize,
     dv: usize,
     m: usize,
+    scale: f32,
 }
 
 impl Keys {
+    /// Room for `m` keys and values of `d` channels, all zero, to be [`Keys::set`].
+    pub fn empty(d: usize, m: usize, scale: f32) -> Self {
+        let (d2, dv) = (d.div_ceil(2), d.div_ceil(16) * 16);
+        Self {
+            kt: vec![0u32; m.div_ceil(PANEL) * d2 * PANEL],
+            vp: vec![0u32; m.div_ceil(2) * dv],
+            d,
+            d2,
+            dv,
+            m,
+            scale,
+        }
+    }
+
     fn new<'a>(
         d: usize,
         m: usize,
         scale: f32,
         key_value: impl Fn(usize) -> (&'a [f32], &'a [f32]),
     ) -> Self {
-        let (d2, dv) = (d.div_ceil(2), d.div_ceil(16) * 16);
-        let mut kt = vec![0u32; m.div_ceil(PANEL) * d2 * PANEL];
-        let mut vp = vec![0u32; m.div_ceil(2) * dv];
-        let at = |row: &[f32], i: usize| row.get(i).copied().unwrap_or(0.0);
+        let mut keys = Self::empty(d, m, scale);
         for j in 0..m {
-            let key = key_value(j).0;
-            let panel = &mut kt[j / PANEL * d2 * PANEL..][..d2 * PANEL];
-            for t in 0..d2 {
-                panel[t * PANEL + j % PANEL] =
-                    pair(at(key, 2 * t) * scale, at(key, 2 * t + 1) * scale);
-            }
+            keys.set_key(j, key_value(j).0);
         }
-        for (jp, row) in vp.chunks_mut(dv).enumerate() {
+        // Values two keys at a time, vectorised (`set` writes one half of a pair).
+        for (jp, row) in keys.vp.chunks_mut(keys.dv).enumerate() {
             let lo = key_value(2 * jp).1;
             let hi = (2 * jp + 1 < m).then(|| key_value(2 * jp + 1).1);
             pair_rows(lo, hi, &mut row[..d]);
         }
-        Self {
-            kt,
-            vp,
-            d,
-            d2,
-            dv,
-            m,
+        keys
+    }
+
+    fn set_key(&mut self, j: usize, key: &[f32]) {
+        let at = |i: usize| key.get(i).copied().unwrap_or(0.0) * self.scale;
+        let panel = &mut self.kt[j / PANEL * self.d2 * PANEL..][..self.d2 * PANEL];
+        for t in 0..self.d2 {
+            panel[t * PANEL + j % PANEL] = pair(at(2 * t), at(2 * t + 1));
         }
+    }
+
+    /// Key and value `j` (each `d` values), rounded to bf16.
+    pub fn set(&mut self, j: usize, key: &[f32], value: &[f32]) {
+        self.set_key(j, key);
+        // Value j is the low (even j) or high (odd j) half of row j/2's pairs.
+        let shift = 16 * (j % 2);
+        let row = &mut self.vp[j / 2 * self.dv..][..self.d];
+        for (p, &x) in row.iter_mut().zip(value) {
+            let bits = u32::from(half::bf16::from_f32(x).to_bits());
+            *p = (*p & !(0xffff << shift)) | (bits << shift);
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.kt.len() + self.vp.len())
+    }
+
+    /// Attention of the queries `q` (`d` values each) into `out`, blocks of [`QB`] queries
+    /// spread over rayon's threads. Needs [`super::bf16::available`].
+    pub fn attend_all(&self, q: &[f32], out: &mut [f32]) {
+        use rayon::prelude::*;
+        out.par_chunks_mut(QB * self.d)
+            .zip(q.par_chunks(QB * self.d))
+            .for_each(|(o, q)| {
+                let rows = q.len() / self.d;
+                let dst = super::SharedOut::new(o);
+                // SAFETY: row i of this block's output, each written once.
+                let orow = |i: usize| unsafe {
+                    std::slice::from_raw_parts_mut(dst.ptr().add(i * self.d), self.d)
+                };
+                self.attend(rows, |i| &q[i * self.d..(i + 1) * self.d], orow);
+            });
     }
 
     /// Attention of `rows` queries (`query(i)`) into `out(i)`, on the calling thread.
@@ -187,6 +232,37 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys set one at a time, in any order (as the tiled VAE fills them band by band), are
+    /// laid out as those built at once, and `attend_all` gives `attend`'s rows.
+    #[test]
+    fn keys_set_one_by_one_equal_keys_built_at_once() {
+        let val = crate::kernels::test_values;
+        for (m, d) in [(131, 40), (70, 13)] {
+            let (k, v) = (val(m * d, 4), val(m * d, 5));
+            let row = |x: &[f32], j: usize| x[j * d..(j + 1) * d].to_vec();
+            let whole = Keys::new(d, m, 0.7, |j| {
+                (&k[j * d..(j + 1) * d], &v[j * d..(j + 1) * d])
+            });
+            let mut one_by_one = Keys::empty(d, m, 0.7);
+            for j in (0..m).rev() {
+                one_by_one.set(j, &row(&k, j), &row(&v, j));
+            }
+            assert_eq!(whole.kt, one_by_one.kt, "keys, m {m} d {d}");
+            assert_eq!(whole.vp, one_by_one.vp, "values, m {m} d {d}");
+            if crate::kernels::bf16::available() {
+                let n = 200;
+                let q = val(n * d, 6);
+                let (mut all, mut rows) = (vec![f32::NAN; n * d], vec![f32::NAN; n * d]);
+                one_by_one.attend_all(&q, &mut all);
+                let ptr = rows.as_mut_ptr();
+                // SAFETY: row i of `rows`, each handed out once.
+                let out = |i: usize| unsafe { std::slice::from_raw_parts_mut(ptr.add(i * d), d) };
+                whole.attend(n, |i| &q[i * d..(i + 1) * d], out);
+                assert_eq!(all, rows, "attend_all against attend, m {m} d {d}");
+            }
+        }
+    }
 
     /// Odd key counts, several chunks and panels, heads of the UNet's width and odd widths:
     /// within the rounding of queries, keys, probabilities and values to bf16 of the exact

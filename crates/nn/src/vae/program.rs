@@ -74,7 +74,9 @@ impl AttentionBlock {
         let q = self.q.forward(&tokens)?;
         let k = self.k.forward(&tokens)?;
         let v = self.v.forward(&tokens)?;
-        let y = heads(&q, &k, &v, 1, self.scale()?, ATTENTION_BUDGET, false)?;
+        // Products in bf16 where the projections are (the tiled attention's keys likewise).
+        let bf16 = self.q.weight_dtype() == candle_core::DType::BF16;
+        let y = heads(&q, &k, &v, 1, self.scale()?, ATTENTION_BUDGET, bf16)?;
         let y = self
             .out
             .forward(&y)?

@@ -3,11 +3,41 @@
 //! attending to all of them.
 
 use super::{Scratch, Store, Tiling};
-use crate::kernels::{self, flash};
+use crate::kernels::{self, flash, flash_bf16};
 use crate::layers::{GroupStats, HeldKeys};
 use crate::vae::program::{AttentionBlock, ATTENTION_BUDGET};
 use candle_core::{Result, Tensor};
 use std::ops::Range;
+
+/// Every pixel's key and value, held once for the flash kernels: f32, or bf16 where the
+/// block's projections multiply in bf16 (as [`crate::layers::attention::heads`] chooses).
+enum FlashKeys {
+    F32(flash::Keys),
+    Bf16(flash_bf16::Keys),
+}
+
+impl FlashKeys {
+    fn new(a: &AttentionBlock, c: usize, m: usize, scale: f32) -> Self {
+        match a.q.weight_dtype() == candle_core::DType::BF16 && kernels::bf16::available() {
+            true => Self::Bf16(flash_bf16::Keys::empty(c, m, scale)),
+            false => Self::F32(flash::Keys::new(c, m, scale)),
+        }
+    }
+
+    fn set(&mut self, j: usize, key: &[f32], value: &[f32]) {
+        match self {
+            Self::F32(keys) => keys.set(j, key, value),
+            Self::Bf16(keys) => keys.set(j, key, value),
+        }
+    }
+
+    fn attend_all(&self, q: &[f32], out: &mut [f32]) {
+        match self {
+            Self::F32(keys) => keys.attend_all(q, out),
+            Self::Bf16(keys) => keys.attend_all(q, out),
+        }
+    }
+}
 
 /// A band (1, C, r, w) as tokens (r·w, C).
 fn tokens(band: &Tensor) -> Result<Tensor> {
@@ -37,7 +67,7 @@ pub(super) fn attention(
     let scale = a.scale()? as f32;
     let flash = flash::applies() && kernels::usable(&x.read_rows(0..1)?);
     // Keys and values of every pixel, held once.
-    let mut keys = flash.then(|| flash::Keys::new(c, h * w, scale));
+    let mut keys = flash.then(|| FlashKeys::new(a, c, h * w, scale));
     let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
     for r in &bands {
         let toks = normed_tokens(r)?;
