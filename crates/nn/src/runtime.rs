@@ -154,8 +154,8 @@ impl Runtime {
     pub fn conv_note(&self) -> Option<String> {
         (self.conv_dtype() != self.conv_weight_dtype()).then(|| match self.bf16_kernels() {
             true => "note: on this CPU (AVX512_BF16) the UNet's convolutions, linear layers and \
-                     self-attention and the VAE's convolutions multiply in bf16 with f32 sums; \
-                     activations, norms and softmax stay f32"
+                     self-attention and the VAE's convolutions and attention multiply in bf16 \
+                     with f32 sums; activations, norms and softmax stay f32"
                 .to_string(),
             false => format!(
                 "note: on the CPU the UNet keeps its weights in {} and computes in f32",
