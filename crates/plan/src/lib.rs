@@ -4,9 +4,11 @@
 //! - [`validate`]: the validators, one of each.
 //! - [`plan`]: the window grid, the conditionings, image regions and the guide pass.
 //! - [`machine`]: the canvas-sized memory no setting can shrink, against the machine's.
-//! - [`budget`]: the per-phase memory estimate and the settings that fit `--max-memory`.
+//! - [`budget`]: the per-phase memory estimate (`estimate`) and the settings that fit
+//!   `--max-memory`.
 
 pub mod budget;
+mod estimate;
 pub mod machine;
 pub mod plan;
 mod relax;

@@ -90,7 +90,8 @@ fn transform_weights(weight: &[f32], cout: usize, cin: usize) -> Vec<f32> {
 }
 
 thread_local! {
-    /// A task's transformed input and products, kept per thread between tasks and calls.
+    /// A task's transformed input and products, kept per thread between tasks and calls (at
+    /// most 2 MiB each: 16 products x 512 channels x 64 blocks).
     static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
@@ -132,7 +133,7 @@ pub fn conv2d(
             let b0 = (task % chunks) * shape.chunk;
             // SAFETY: AVX-512F was checked by `applies`; the patch read lies within the padded
             // layout (hp x wp); the task writes output rows 2*row, 2*row+1 (those below ho
-            // left out), columns 2*b0 .. 2*b0+128 (those past wo left out), which no other
+            // left out), columns 2*b0 .. 2*(b0+chunk) (those past wo left out), which no other
             // task writes.
             unsafe {
                 shape.input_transform(&padded[2 * row * cin * wp + 2 * b0..], v);
