@@ -18,15 +18,18 @@ const UNET_TOP_UNITS: f64 = 24.5;
 /// pairs, Winograd's transformed kernels, im2col of deep narrow layers). Fitted with the
 /// top units to the 512 window's canvas pass inside 800 MiB, f32 and bf16 (BENCHMARKS.md).
 const STREAMED_LAYER_COPIES: f64 = 1.35;
-/// VAE activations per tile, in units of tile pixels x channels x 4 bytes, where channels are
-/// those entering the decoder's full-resolution stage (`block_out_channels[1]`): that stage's
-/// upsampling convolution is the largest. Fitted to SD 1.5 decodes with every store in files
-/// (`tessera bench vae-decode --store-mib 0`, BENCHMARKS.md): the tiled VAE's RAM stores are
-/// counted apart, as granted.
-const VAE_TILE_UNITS: f64 = 2.6;
+/// VAE activations, in units of pixels x channels x 4 bytes, the channels being those entering
+/// the decoder's full-resolution stage and those of that stage (`block_out_channels[1]` +
+/// `[0]`). A tiled pass holds bands of about a tile's pixels: fitted to SD 1.5 with every store
+/// in files (`tessera bench vae-decode --latent 64 --tile 256 --store-mib 0`: 403.1 MiB f32,
+/// 280.7 MiB bf16, BENCHMARKS.md); the stores' RAM is counted apart, as granted.
+const VAE_BAND_UNITS: f64 = 1.73;
 /// The same where the VAE multiplies in bf16 (its weights and its convolutions' laid-out input
 /// are half the size).
-const VAE_TILE_UNITS_BF16: f64 = 2.2;
+const VAE_BAND_UNITS_BF16: f64 = 1.47;
+/// A pass in one piece holds whole-picture tensors: 2.1 units in SD 1.5's 512² decode
+/// (`bench vae-decode --latent 64`: 1050 MiB), 2.3 in the tiny model's.
+const VAE_WHOLE_UNITS: f64 = 2.3;
 
 /// Sizes the estimate needs, from configs and weight headers (no weights are loaded).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -125,10 +128,12 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
         _ => 4,
     };
     let units = match vae_bytes {
-        2 => VAE_TILE_UNITS_BF16,
-        _ => VAE_TILE_UNITS,
+        2 => VAE_BAND_UNITS_BF16,
+        _ => VAE_BAND_UNITS,
     };
-    let tile_act = |side: u64| (units * (side * side * m.vae_channels as u64 * 4) as f64) as u64;
+    let channel_bytes = ((m.vae_channels + m.vae_top_channels) * 4) as f64;
+    let band = |side: u64| (units * (side * side) as f64 * channel_bytes) as u64;
+    let whole = |w: usize, h: usize| (VAE_WHOLE_UNITS * (w * h) as f64 * channel_bytes) as u64;
     // The tiled VAE's whole-image stores held in RAM (or device memory): what a pass needs at
     // once, within what the planner granted. The largest set: the full-resolution stage's first
     // resnet, its input (`vae_channels`) and two outputs (`vae_top_channels`) alive together.
@@ -149,11 +154,6 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
         let kv = (w / 8 * h / 8 * m.vae_mid_channels * 2) as u64 * vae_bytes;
         kv + if m.attention_scores { 2 * 64 * MIB } else { 0 }
     };
-    // A tiled pass holds its stores; a one-piece pass the picture instead.
-    let held = |w: usize, h: usize, pictures: u64| match tiled(w, h) {
-        true => stores(w, h),
-        false => pictures * image(w, h),
-    };
     // The mid-block attention's keys and values are held while the stores at latent size are
     // (the full-resolution stores, the largest, come later).
     let at_latent = |w: usize, h: usize| {
@@ -161,8 +161,12 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
         let ram = s.vae_scratch.map_or(need, |granted| granted.min(need));
         mid_attention(w, h) + if tiled(w, h) { ram } else { 0 }
     };
+    // A tiled pass holds a band and its stores; a one-piece pass whole tensors and the picture.
     let vae_at = |params: u64, w: usize, h: usize, pictures: u64| {
-        let full_resolution = tile_act(vae_tile(w, h)) + held(w, h, pictures);
+        let full_resolution = match tiled(w, h) {
+            true => band(vae_tile(w, h)) + stores(w, h),
+            false => whole(w, h) + pictures * image(w, h),
+        };
         params * vae_bytes + full_resolution.max(at_latent(w, h))
     };
     // In one piece the decoded picture is held once (f32), the encoder's input and a copy.

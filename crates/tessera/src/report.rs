@@ -30,7 +30,8 @@ pub fn reset_peak() -> bool {
 /// below its (self-raising, up to 32 MiB) mmap threshold from the heap and keeps them after
 /// they are freed, so a streamed UNet's layer-sized weights and activations would pile up in
 /// RSS. A fixed 1 MiB threshold maps every tensor of note separately and unmaps it on free.
-/// Used in low-memory runs only: fresh mappings cost page faults.
+/// Every render sets it (fresh mappings cost page faults, which large buffers take as huge
+/// pages where the kernel allows).
 pub fn release_freed_memory_promptly() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; glibc documents it as thread-safe.
