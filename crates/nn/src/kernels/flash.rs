@@ -61,6 +61,21 @@ pub(crate) trait HeadKeys: Send + Sync {
         Self: 'o;
 }
 
+/// Attention of the queries `q` (`d` values each) against one head's `keys` into `out`, blocks
+/// of [`QB`] queries spread over rayon's threads (the tiled VAE's bands of queries).
+pub(crate) fn attend_all(keys: &impl HeadKeys, d: usize, q: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(QB * d)
+        .zip(q.par_chunks(QB * d))
+        .for_each(|(o, q)| {
+            let rows = q.len() / d;
+            let dst = SharedOut::new(o);
+            // SAFETY: row i of this block's output, each written once.
+            let orow =
+                |i: usize| unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(i * d), d) };
+            keys.attend_rows(rows, &|i| &q[i * d..(i + 1) * d], &orow);
+        });
+}
+
 /// Attention per (batch, head) of token rows `(B, N, heads·d)`: `keys(b, h)` lays out one
 /// head's keys once, then blocks of [`QB`] queries attend to them over rayon's threads.
 pub(crate) fn per_head<K: HeadKeys>(
@@ -147,20 +162,9 @@ impl Keys {
         4 * (self.kt.len() + self.vp.len())
     }
 
-    /// Attention of the queries `q` (`d` values each) into `out`, blocks of [`QB`] queries
-    /// spread over rayon's threads.
+    /// Attention of the queries `q` (`d` values each) into `out` (see [`attend_all`]).
     pub fn attend_all(&self, q: &[f32], out: &mut [f32]) {
-        out.par_chunks_mut(QB * self.d)
-            .zip(q.par_chunks(QB * self.d))
-            .for_each(|(o, q)| {
-                let rows = q.len() / self.d;
-                let dst = SharedOut::new(o);
-                // SAFETY: row i of this block's output, each written once.
-                let orow = |i: usize| unsafe {
-                    std::slice::from_raw_parts_mut(dst.ptr().add(i * self.d), self.d)
-                };
-                self.attend(rows, |i| &q[i * self.d..(i + 1) * self.d], orow);
-            });
+        attend_all(self, self.d, q, out)
     }
 
     /// Attention of `rows` queries (`query(i)`, `d` values each) written to `out(i)`, on the

@@ -112,18 +112,7 @@ impl Keys {
     /// Attention of the queries `q` (`d` values each) into `out`, blocks of [`QB`] queries
     /// spread over rayon's threads. Needs [`super::bf16::available`].
     pub fn attend_all(&self, q: &[f32], out: &mut [f32]) {
-        use rayon::prelude::*;
-        out.par_chunks_mut(QB * self.d)
-            .zip(q.par_chunks(QB * self.d))
-            .for_each(|(o, q)| {
-                let rows = q.len() / self.d;
-                let dst = super::SharedOut::new(o);
-                // SAFETY: row i of this block's output, each written once.
-                let orow = |i: usize| unsafe {
-                    std::slice::from_raw_parts_mut(dst.ptr().add(i * self.d), self.d)
-                };
-                self.attend(rows, |i| &q[i * self.d..(i + 1) * self.d], orow);
-            });
+        super::flash::attend_all(self, self.d, q, out)
     }
 
     /// Attention of `rows` queries (`query(i)`) into `out(i)`, on the calling thread.
