@@ -134,12 +134,14 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
     let channel_bytes = ((m.vae_channels + m.vae_top_channels) * 4) as f64;
     let band = |side: u64| (units * (side * side) as f64 * channel_bytes) as u64;
     let whole = |w: usize, h: usize| (VAE_WHOLE_UNITS * (w * h) as f64 * channel_bytes) as u64;
+    // Of `need` bytes of stores, those in RAM (or device memory): what the planner granted.
+    let in_ram = |need: u64| s.vae_scratch.map_or(need, |granted| granted.min(need));
     // The tiled VAE's whole-image stores held in RAM (or device memory): what a pass needs at
     // once, within what the planner granted. The largest set: the full-resolution stage's first
     // resnet, its input (`vae_channels`) and two outputs (`vae_top_channels`) alive together.
     let stores = |w: usize, h: usize| {
         let need = ((m.vae_channels + 2 * m.vae_top_channels) * w * h * 4) as u64;
-        s.vae_scratch.map_or(need, |granted| granted.min(need))
+        in_ram(need)
     };
     let image = |w: usize, h: usize| (w * h * 3 * 4) as u64;
     let canvas_latents = (plan.width / 8 * plan.height / 8 * 4 * 4) as u64 * 8;
@@ -158,8 +160,7 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
     // (the full-resolution stores, the largest, come later).
     let at_latent = |w: usize, h: usize| {
         let need = (2 * m.vae_mid_channels * (w / 8) * (h / 8) * 4) as u64;
-        let ram = s.vae_scratch.map_or(need, |granted| granted.min(need));
-        mid_attention(w, h) + if tiled(w, h) { ram } else { 0 }
+        mid_attention(w, h) + if tiled(w, h) { in_ram(need) } else { 0 }
     };
     // A tiled pass holds a band and its stores; a one-piece pass whole tensors and the picture.
     let vae_at = |params: u64, w: usize, h: usize, pictures: u64| {

@@ -57,6 +57,12 @@ impl AttentionBlock {
         })
     }
 
+    /// Whether its attention multiplies in bf16: where the projections' weights are bf16 (the
+    /// bf16 path), whole (`heads`) and tiled (the held keys) alike.
+    pub fn bf16_products(&self) -> bool {
+        self.q.weight_dtype() == candle_core::DType::BF16
+    }
+
     /// The scale applied to queries: one head of `c` channels.
     pub fn scale(&self) -> Result<f64> {
         Ok((self.q.out_features() as f64).powf(-0.5))
@@ -74,9 +80,15 @@ impl AttentionBlock {
         let q = self.q.forward(&tokens)?;
         let k = self.k.forward(&tokens)?;
         let v = self.v.forward(&tokens)?;
-        // Products in bf16 where the projections are (the tiled attention's keys likewise).
-        let bf16 = self.q.weight_dtype() == candle_core::DType::BF16;
-        let y = heads(&q, &k, &v, 1, self.scale()?, ATTENTION_BUDGET, bf16)?;
+        let y = heads(
+            &q,
+            &k,
+            &v,
+            1,
+            self.scale()?,
+            ATTENTION_BUDGET,
+            self.bf16_products(),
+        )?;
         let y = self
             .out
             .forward(&y)?

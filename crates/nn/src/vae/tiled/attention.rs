@@ -18,7 +18,7 @@ enum FlashKeys {
 
 impl FlashKeys {
     fn new(a: &AttentionBlock, c: usize, m: usize, scale: f32) -> Self {
-        match a.q.weight_dtype() == candle_core::DType::BF16 && kernels::bf16::available() {
+        match a.bf16_products() && kernels::bf16::available() {
             true => Self::Bf16(flash_bf16::Keys::empty(c, m, scale)),
             false => Self::F32(flash::Keys::new(c, m, scale)),
         }
