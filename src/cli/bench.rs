@@ -77,8 +77,13 @@ fn runtime(dtype: &str, device: &str) -> Result<Runtime> {
 pub fn run(cmd: &BenchCommand) -> Result<()> {
     let report = match cmd {
         BenchCommand::Kernels => {
-            let k = tessera::nn::kernels::cpu_path();
-            println!("kernels: {k}, {} threads", tessera::nn::kernels::threads());
+            use tessera::nn::kernels;
+            println!(
+                "kernels: {}, gemm {}, {} threads",
+                kernels::cpu_path(),
+                kernels::gemm::path(),
+                kernels::threads()
+            );
             for f in tessera::nn::kernels::bench::run() {
                 println!(
                     "{:<44} {:>8.3} s {:>8.1} GFLOP/s",

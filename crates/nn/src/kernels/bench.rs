@@ -220,10 +220,12 @@ fn rest() -> Vec<Figure> {
         ("UNet", 320, 64, 64),
         ("UNet", 640, 32, 32),
     ] {
-        let what = format!("{net} conv 3x3 {c}->{c} @{h}x{w} (direct)");
-        out.push(conv_figure(&what, (c, h, w), |input, w, c, y| {
-            super::direct::conv2d(input, w, c, SAME, conv::Init::default(), y)
-        }));
+        if super::direct::applies(&SAME, w) {
+            let what = format!("{net} conv 3x3 {c}->{c} @{h}x{w} (direct)");
+            out.push(conv_figure(&what, (c, h, w), |input, w, c, y| {
+                super::direct::conv2d(input, w, c, SAME, conv::Init::default(), y)
+            }));
+        }
         if super::winograd::applies(&SAME, w, c, c) {
             let what = format!("{net} conv 3x3 {c}->{c} @{h}x{w} (Winograd)");
             out.push(conv_figure(&what, (c, h, w), |input, w, c, y| {

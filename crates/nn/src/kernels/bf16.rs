@@ -30,7 +30,7 @@ pub fn available() -> bool {
         {
             super::enabled()
                 && std::env::var_os("TESSERA_NO_BF16").is_none()
-                && std::arch::is_x86_feature_detected!("avx512f")
+                && super::cpu_isa() == super::Isa::Avx512
                 && std::arch::is_x86_feature_detected!("avx512bf16")
         }
         #[cfg(not(target_arch = "x86_64"))]

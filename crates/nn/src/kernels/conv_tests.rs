@@ -41,6 +41,7 @@ fn reference(
 }
 
 use crate::kernels::test_values as values;
+use crate::kernels::tests::each_isa;
 
 /// The convolution of seeded values by `run` (filled with NaN first, so an output left
 /// unwritten shows) and by the definition.
@@ -93,46 +94,57 @@ fn convolutions_match_the_definition() {
         (3, 2, (0, 1, 0, 1)),
         (3, 2, (1, 1, 1, 1)),
     ];
-    for (k, stride, pad) in cases {
-        let dims = (5, 13, 9, 37);
-        let g = Geometry { k, stride, pad };
-        let (got, want) = against_reference(dims, g, 1, |input, weight, init, out| {
-            conv2d(input, weight, dims.1, g, init, out)
-        });
-        let (gemm, _) = against_reference(dims, g, 1, |input, weight, init, out| {
-            im2col_gemm(input, weight, dims.1, g, init, out)
-        });
-        let err_gemm = max_error(&gemm, &want);
-        assert!(
-            err_gemm < 1e-4,
-            "im2col: k {k} stride {stride} pad {pad:?}: {err_gemm}"
-        );
-        let err = max_error(&got, &want);
-        assert!(err < 1e-4, "k {k} stride {stride} pad {pad:?}: {err}");
-    }
+    each_isa(|isa| {
+        for (k, stride, pad) in cases {
+            let dims = (5, 13, 9, 37);
+            let g = Geometry { k, stride, pad };
+            let (got, want) = against_reference(dims, g, 1, |input, weight, init, out| {
+                conv2d(input, weight, dims.1, g, init, out)
+            });
+            let (gemm, _) = against_reference(dims, g, 1, |input, weight, init, out| {
+                im2col_gemm(input, weight, dims.1, g, init, out)
+            });
+            let err_gemm = max_error(&gemm, &want);
+            assert!(
+                err_gemm < 1e-4,
+                "im2col: k {k} stride {stride} pad {pad:?}: {err_gemm}"
+            );
+            let err = max_error(&got, &want);
+            assert!(
+                err < 1e-4,
+                "{isa:?} k {k} stride {stride} pad {pad:?}: {err}"
+            );
+        }
+    })
 }
 
 /// Wide rows (split into column chunks per task) and a single row with many channels
 /// (output-channel blocks split across tasks) still give every output exactly once.
 #[test]
 fn wide_and_narrow_images_split_into_tasks_match_the_definition() {
-    for (cin, cout, h, w) in [(64, 13, 2, 1100), (600, 20, 1, 100)] {
-        let g = Geometry {
-            k: 3,
-            stride: 1,
-            pad: (1, 1, 1, 1),
-        };
-        let (got, want) = against_reference((cin, cout, h, w), g, 4, |input, weight, init, out| {
-            conv2d(input, weight, cout, g, init, out)
-        });
-        let err = max_error(&got, &want);
-        // Sums of 9·cin products of values in [-1, 1]: f32 rounding grows with the count;
-        // an output left unwritten counts as infinite.
-        assert!(err < 1e-5 * (9 * cin) as f32, "{cin}x{h}x{w}: {err}");
-    }
+    each_isa(|isa| {
+        for (cin, cout, h, w) in [(64, 13, 2, 1100), (600, 20, 1, 100)] {
+            let g = Geometry {
+                k: 3,
+                stride: 1,
+                pad: (1, 1, 1, 1),
+            };
+            let (got, want) =
+                against_reference((cin, cout, h, w), g, 4, |input, weight, init, out| {
+                    conv2d(input, weight, cout, g, init, out)
+                });
+            let err = max_error(&got, &want);
+            // Sums of 9·cin products of values in [-1, 1]: f32 rounding grows with the count;
+            // an output left unwritten counts as infinite.
+            assert!(
+                err < 1e-5 * (9 * cin) as f32,
+                "{isa:?} {cin}x{h}x{w}: {err}"
+            );
+        }
+    })
 }
 
-/// Every kernel (the direct one from 16 output columns; Winograd where the CPU has AVX-512F),
+/// Every kernel (the direct one from 16 output columns, Winograd; on AVX2 and AVX-512),
 /// with the upsampled rows cropped as a band of the tiled VAE crops them.
 #[test]
 fn concatenation_upsampling_cropping_and_the_pre_op_read_by_index() {
@@ -148,98 +160,102 @@ fn concatenation_upsampling_cropping_and_the_pre_op_read_by_index() {
         stride: 1,
         pad: (1, 1, 1, 1),
     };
-    for crop in [(0, 0), (1, 0), (0, 1), (1, 1), (3, 2)] {
-        // The same input built by hand: concatenated, activated, upsampled, cropped.
-        let rows = crop.0..2 * h - crop.1;
-        let mut x = Vec::new();
-        for (c, plane) in a.chunks(h * w).chain(b.chunks(h * w)).enumerate() {
-            for y in rows.clone() {
-                for xx in 0..2 * w {
-                    x.push(silu(plane[(y / 2) * w + xx / 2] * scale[c] + shift[c]));
+    each_isa(|isa| {
+        for crop in [(0, 0), (1, 0), (0, 1), (1, 1), (3, 2)] {
+            // The same input built by hand: concatenated, activated, upsampled, cropped.
+            let rows = crop.0..2 * h - crop.1;
+            let mut x = Vec::new();
+            for (c, plane) in a.chunks(h * w).chain(b.chunks(h * w)).enumerate() {
+                for y in rows.clone() {
+                    for xx in 0..2 * w {
+                        x.push(silu(plane[(y / 2) * w + xx / 2] * scale[c] + shift[c]));
+                    }
                 }
             }
-        }
-        let want = reference(&x, c1 + c2, rows.len(), 2 * w, &weight, &bias, cout, g);
-        let input = Input {
-            sources: vec![(&a, c1), (&b, c2)],
-            h,
-            w,
-            upsample: true,
-            crop,
-            pre: Some(Pre {
-                scale: &scale,
-                shift: &shift,
-                silu: true,
-            }),
-        };
-        let winograd = super::super::winograd::applies(&g, 1 << 10, 64, 64);
-        for kernel in ["direct", "im2col", "winograd"] {
-            let mut got = vec![f32::NAN; want.len()];
-            match kernel {
-                "direct" => conv2d(&input, &weight, cout, g, Init::default(), &mut got),
-                "im2col" => im2col_gemm(&input, &weight, cout, g, Init::default(), &mut got),
-                _ if winograd => super::super::winograd::conv2d(
-                    &input,
-                    &weight,
-                    cout,
-                    g,
-                    Init::default(),
-                    &mut got,
-                ),
-                _ => continue,
+            let want = reference(&x, c1 + c2, rows.len(), 2 * w, &weight, &bias, cout, g);
+            let input = Input {
+                sources: vec![(&a, c1), (&b, c2)],
+                h,
+                w,
+                upsample: true,
+                crop,
+                pre: Some(Pre {
+                    scale: &scale,
+                    shift: &shift,
+                    silu: true,
+                }),
+            };
+            let winograd = super::super::winograd::applies(&g, 1 << 10, 64, 64);
+            for kernel in ["direct", "im2col", "winograd"] {
+                let mut got = vec![f32::NAN; want.len()];
+                match kernel {
+                    "direct" => conv2d(&input, &weight, cout, g, Init::default(), &mut got),
+                    "im2col" => im2col_gemm(&input, &weight, cout, g, Init::default(), &mut got),
+                    _ if winograd => super::super::winograd::conv2d(
+                        &input,
+                        &weight,
+                        cout,
+                        g,
+                        Init::default(),
+                        &mut got,
+                    ),
+                    _ => continue,
+                }
+                let err = max_error(&got, &want);
+                assert!(err < 1e-4, "{isa:?} crop {crop:?}, {kernel}: {err}");
             }
-            let err = max_error(&got, &want);
-            assert!(err < 1e-4, "crop {crop:?}, {kernel}: {err}");
         }
-    }
+    })
 }
 
 /// Winograd F(2x2, 3x3) against the definition: odd output rows and columns, widths that a
 /// chunk of 64 blocks does not divide, every padding a band of the tiled VAE uses, bias,
 /// per-channel term and residual (its concatenated, upsampled, cropped input: the test above).
-/// Needs AVX-512F (elsewhere Winograd is never chosen).
+/// On AVX2 and AVX-512 (elsewhere Winograd is never chosen).
 #[test]
 fn winograd_matches_the_definition() {
     if !super::super::winograd::applies(&SAME3, 1 << 10, 64, 64) {
-        eprintln!("Winograd needs AVX-512F on x86_64 (and no TESSERA_NO_WINOGRAD): not run");
+        eprintln!("Winograd needs AVX2 on x86_64 (and no TESSERA_NO_WINOGRAD): not run");
         return;
     }
     use super::super::winograd::conv2d as winograd;
-    for (i, (cin, cout, h, w, pad)) in [
-        (32, 37, 5, 130, (1, 1, 1, 1)),
-        (40, 32, 4, 256, (0, 1, 1, 1)),
-        (33, 6, 7, 67, (1, 0, 1, 1)),
-        (16, 40, 2, 300, (0, 0, 1, 1)),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let g = Geometry {
-            k: 3,
-            stride: 1,
-            pad,
-        };
-        let (ho, wo) = g.out_dims((h, w));
-        let residual = values(cout * ho * wo, 9 + i as u32);
-        let per_channel = values(cout, 10 + i as u32);
-        let (got, mut want) =
-            against_reference((cin, cout, h, w), g, 3, |input, weight, init, out| {
-                let init = Init {
-                    residual: Some(&residual),
-                    per_channel: Some(&per_channel),
-                    ..init
-                };
-                winograd(input, weight, cout, g, init, out)
-            });
-        for (j, v) in want.iter_mut().enumerate() {
-            *v += residual[j] + per_channel[j / (ho * wo)];
+    each_isa(|isa| {
+        for (i, (cin, cout, h, w, pad)) in [
+            (32, 37, 5, 130, (1, 1, 1, 1)),
+            (40, 32, 4, 256, (0, 1, 1, 1)),
+            (33, 6, 7, 67, (1, 0, 1, 1)),
+            (16, 40, 2, 300, (0, 0, 1, 1)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let g = Geometry {
+                k: 3,
+                stride: 1,
+                pad,
+            };
+            let (ho, wo) = g.out_dims((h, w));
+            let residual = values(cout * ho * wo, 9 + i as u32);
+            let per_channel = values(cout, 10 + i as u32);
+            let (got, mut want) =
+                against_reference((cin, cout, h, w), g, 3, |input, weight, init, out| {
+                    let init = Init {
+                        residual: Some(&residual),
+                        per_channel: Some(&per_channel),
+                        ..init
+                    };
+                    winograd(input, weight, cout, g, init, out)
+                });
+            for (j, v) in want.iter_mut().enumerate() {
+                *v += residual[j] + per_channel[j / (ho * wo)];
+            }
+            let err = max_error(&got, &want);
+            assert!(
+                err < 1e-5 * (9 * cin) as f32,
+                "{isa:?} {cin}->{cout} {h}x{w} {pad:?}: {err}"
+            );
         }
-        let err = max_error(&got, &want);
-        assert!(
-            err < 1e-5 * (9 * cin) as f32,
-            "{cin}->{cout} {h}x{w} {pad:?}: {err}"
-        );
-    }
+    })
 }
 
 const SAME3: Geometry = Geometry {

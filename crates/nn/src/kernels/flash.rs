@@ -1,16 +1,19 @@
-//! Attention without score matrices in memory, for CPUs with AVX-512 (flash attention): for
-//! each (batch, head) and block of queries, keys and values are visited in chunks that stay in
-//! cache; each chunk's scores for 6 queries at a time are computed by a register tile (6 rows
-//! x 64 keys, 24 accumulators: the shape of a 1x1 convolution over the transposed keys),
-//! folded into a running max and sum (online softmax), and multiplied into the values by a
-//! second register tile (6 rows x 64 value columns). Only the transposed keys and the values
-//! padded to 16 columns are laid out once per call; no gemm packing, no pass over full rows.
+//! Attention without score matrices in memory, for CPUs with AVX2 or AVX-512 (flash
+//! attention): for each (batch, head) and block of queries, keys and values are visited in
+//! chunks that stay in cache; each chunk's scores for 6 queries at a time are computed by a
+//! register tile (6 rows x 64 keys on AVX-512, 24 accumulators, x 16 keys on AVX2: the shape of
+//! a 1x1 convolution over the transposed keys), folded into a running max and sum (online
+//! softmax), and multiplied into the values by a second register tile (6 rows x 64 or 16 value
+//! columns). Only the transposed keys and the values padded to 16 columns are laid out once
+//! per call; no gemm packing, no pass over full rows.
 //!
 //! Used where [`applies`]; elsewhere [`super::attention`] (query blocks over gemm).
 
 #[cfg(target_arch = "x86_64")]
-use super::SharedOut;
-use std::arch::x86_64::*;
+use super::simd::{Avx2x16, F32x16};
+use super::{Isa, SharedOut};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::__m512;
 
 use super::attention::Shape;
 use super::online_softmax::State;
@@ -29,7 +32,7 @@ const CHUNK_FLOATS: usize = 96 << 10;
 pub fn applies() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        super::isa() >= Isa::Avx2
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -177,6 +180,54 @@ impl Keys {
     ) where
         Self: 'o,
     {
+        // SAFETY: `applies` was checked by the caller (AVX2 or wider).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            match super::isa() {
+                Isa::Avx512 => self.attend_avx512(rows, query, out),
+                _ => self.attend_avx2(rows, query, out),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("flash attention is only chosen on x86_64 with AVX2 or AVX-512: {rows}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn attend_avx512<'o>(
+        &self,
+        rows: usize,
+        query: impl Fn(usize) -> &'o [f32] + Sync,
+        out: impl Fn(usize) -> &'o mut [f32],
+    ) where
+        Self: 'o,
+    {
+        self.attend_with::<__m512>(rows, query, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_avx2<'o>(
+        &self,
+        rows: usize,
+        query: impl Fn(usize) -> &'o [f32] + Sync,
+        out: impl Fn(usize) -> &'o mut [f32],
+    ) where
+        Self: 'o,
+    {
+        self.attend_with::<Avx2x16>(rows, query, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn attend_with<'o, S: F32x16>(
+        &self,
+        rows: usize,
+        query: impl Fn(usize) -> &'o [f32] + Sync,
+        out: impl Fn(usize) -> &'o mut [f32],
+    ) where
+        Self: 'o,
+    {
         let chunk = (CHUNK_FLOATS / (self.d + self.dv) / PANEL * PANEL)
             .max(PANEL)
             .min(self.panels * PANEL);
@@ -188,15 +239,13 @@ impl Keys {
                 let len = chunk.min(self.m - j0);
                 for i0 in (0..n).step_by(R) {
                     let qs: [&[f32]; R] = std::array::from_fn(|r| query(q0 + (i0 + r).min(n - 1)));
-                    // SAFETY: `applies` was checked by the caller (AVX-512F).
-                    let max = unsafe { self.scores(&qs, j0, len, &mut scores) };
+                    let max = self.scores::<S>(&qs, j0, len, &mut scores);
                     let live = R.min(n - i0);
                     for (r, &m) in max.iter().enumerate().take(live) {
-                        // SAFETY: as above.
-                        unsafe { state.fold(i0 + r, &mut scores[r * chunk..r * chunk + len], m) };
+                        let s = &mut scores[r * chunk..r * chunk + len];
+                        state.fold_with::<S>(i0 + r, s, m);
                     }
-                    // SAFETY: as above; rows i0..i0+live of the state.
-                    unsafe { self.values(&scores, chunk, j0, len, &mut state, i0, live) };
+                    self.values::<S>(&scores, chunk, j0, len, &mut state, i0, live);
                 }
             }
             for i in 0..n {
@@ -209,67 +258,72 @@ impl Keys {
     }
 }
 
+/// The register tiles, for any [`F32x16`]: 6 queries x 16·V keys, 6 queries x 16·V value
+/// columns (V up to [`F32x16::TILE_VECTORS`]).
+#[cfg(target_arch = "x86_64")]
 impl Keys {
     /// Scores of R queries against keys j0..j0+len into `out` (R rows of `chunk`); returns
     /// each row's largest score.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn scores(&self, qs: &[&[f32]; R], j0: usize, len: usize, out: &mut [f32]) -> [f32; R] {
+    #[inline(always)]
+    unsafe fn scores<S: F32x16>(
+        &self,
+        qs: &[&[f32]; R],
+        j0: usize,
+        len: usize,
+        out: &mut [f32],
+    ) -> [f32; R] {
         let chunk = out.len() / R;
-        let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); R];
-        for j in (0..len).step_by(PANEL) {
+        let mut max = [S::splat(f32::NEG_INFINITY); R];
+        let step = 16 * S::TILE_VECTORS;
+        for j in (0..len).step_by(step) {
             let at = out.as_mut_ptr().add(j);
             let valid = len - j;
-            match valid.div_ceil(16).min(4) {
-                4 => self.score_tile::<4>(qs, j0 + j, at, chunk, valid, &mut max),
-                3 => self.score_tile::<3>(qs, j0 + j, at, chunk, valid, &mut max),
-                2 => self.score_tile::<2>(qs, j0 + j, at, chunk, valid, &mut max),
-                _ => self.score_tile::<1>(qs, j0 + j, at, chunk, valid, &mut max),
+            match valid.div_ceil(16).min(S::TILE_VECTORS) {
+                4 => self.score_tile::<S, 4>(qs, j0 + j, at, chunk, valid, &mut max),
+                3 => self.score_tile::<S, 3>(qs, j0 + j, at, chunk, valid, &mut max),
+                2 => self.score_tile::<S, 2>(qs, j0 + j, at, chunk, valid, &mut max),
+                _ => self.score_tile::<S, 1>(qs, j0 + j, at, chunk, valid, &mut max),
             }
         }
-        max.map(|m| _mm512_reduce_max_ps(m))
+        max.map(|m| m.reduce_max())
     }
 
-    /// R queries x 16·V keys from key `j`, stored at `out` (rows `chunk` apart); the first
-    /// `valid` keys count towards each row's running `max`.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn score_tile<const V: usize>(
+    /// R queries x 16·V keys from key `j` (16·V keys within one panel), stored at `out` (rows
+    /// `chunk` apart); the first `valid` keys count towards each row's running `max`.
+    #[inline(always)]
+    unsafe fn score_tile<S: F32x16, const V: usize>(
         &self,
         qs: &[&[f32]; R],
         j: usize,
         out: *mut f32,
         chunk: usize,
         valid: usize,
-        max: &mut [__m512; R],
+        max: &mut [S; R],
     ) {
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
-        let base = self.kt.as_ptr().add(j / PANEL * self.d * PANEL);
+        let mut acc = [[S::zero(); V]; R];
+        let base = self.kt.as_ptr().add(j / PANEL * self.d * PANEL + j % PANEL);
         for t in 0..self.d {
             let row = base.add(t * PANEL);
-            let kv: [__m512; V] = std::array::from_fn(|i| _mm512_loadu_ps(row.add(16 * i)));
+            let kv: [S; V] = std::array::from_fn(|i| S::load(row.add(16 * i)));
             for (a, q) in acc.iter_mut().zip(qs) {
-                let b = _mm512_set1_ps(*q.get_unchecked(t));
+                let b = S::splat(*q.get_unchecked(t));
                 for (a, k) in a.iter_mut().zip(kv) {
-                    *a = _mm512_fmadd_ps(b, k, *a);
+                    *a = a.mul_add(b, k);
                 }
             }
         }
         for (r, a) in acc.iter().enumerate() {
             for (i, a) in a.iter().enumerate() {
-                _mm512_storeu_ps(out.add(r * chunk + 16 * i), *a);
-                let n = valid.saturating_sub(16 * i).min(16);
-                let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
-                max[r] = _mm512_mask_max_ps(max[r], mask, max[r], *a);
+                a.store(out.add(r * chunk + 16 * i));
+                max[r] = max[r].max_first(*a, valid.saturating_sub(16 * i));
             }
         }
     }
 
     /// `o[i0 + r] += p[r] · v[j0..j0+len]` for the live rows.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn values(
+    unsafe fn values<S: F32x16>(
         &self,
         p: &[f32],
         chunk: usize,
@@ -281,23 +335,22 @@ impl Keys {
     ) {
         let mut c0 = 0;
         while c0 < self.dv {
-            let nv = ((self.dv - c0) / 16).min(4);
+            let nv = ((self.dv - c0) / 16).min(S::TILE_VECTORS);
             let o = state.o.as_mut_ptr().add(i0 * self.dv + c0);
             match nv {
-                4 => self.value_tile::<4>(p, chunk, j0, len, o, live, c0),
-                3 => self.value_tile::<3>(p, chunk, j0, len, o, live, c0),
-                2 => self.value_tile::<2>(p, chunk, j0, len, o, live, c0),
-                _ => self.value_tile::<1>(p, chunk, j0, len, o, live, c0),
+                4 => self.value_tile::<S, 4>(p, chunk, j0, len, o, live, c0),
+                3 => self.value_tile::<S, 3>(p, chunk, j0, len, o, live, c0),
+                2 => self.value_tile::<S, 2>(p, chunk, j0, len, o, live, c0),
+                _ => self.value_tile::<S, 1>(p, chunk, j0, len, o, live, c0),
             }
             c0 += 16 * nv;
         }
     }
 
     /// Value columns c0..c0+16·V of the live rows: accumulate onto `o` (rows `dv` apart).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn value_tile<const V: usize>(
+    unsafe fn value_tile<S: F32x16, const V: usize>(
         &self,
         p: &[f32],
         chunk: usize,
@@ -308,91 +361,31 @@ impl Keys {
         c0: usize,
     ) {
         let dv = self.dv;
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        let mut acc = [[S::zero(); V]; R];
         for (r, a) in acc.iter_mut().enumerate().take(live) {
             for (i, a) in a.iter_mut().enumerate() {
-                *a = _mm512_loadu_ps(o.add(r * dv + 16 * i));
+                *a = S::load(o.add(r * dv + 16 * i));
             }
         }
         let pp = p.as_ptr();
         for j in 0..len {
             let row = self.vp.as_ptr().add((j0 + j) * dv + c0);
-            let vv: [__m512; V] = std::array::from_fn(|i| _mm512_loadu_ps(row.add(16 * i)));
+            let vv: [S; V] = std::array::from_fn(|i| S::load(row.add(16 * i)));
             for (r, a) in acc.iter_mut().enumerate() {
-                let b = _mm512_set1_ps(*pp.add(r * chunk + j));
+                let b = S::splat(*pp.add(r * chunk + j));
                 for (a, v) in a.iter_mut().zip(vv) {
-                    *a = _mm512_fmadd_ps(b, v, *a);
+                    *a = a.mul_add(b, v);
                 }
             }
         }
         for (r, a) in acc.iter().enumerate().take(live) {
             for (i, a) in a.iter().enumerate() {
-                _mm512_storeu_ps(o.add(r * dv + 16 * i), *a);
+                a.store(o.add(r * dv + 16 * i));
             }
         }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn scores(&self, _: &[&[f32]; R], _: usize, _: usize, _: &mut [f32]) -> [f32; R] {
-        unreachable!("flash attention is only chosen on x86_64 with AVX-512")
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn values(
-        &self,
-        _: &[f32],
-        _: usize,
-        _: usize,
-        _: usize,
-        _: &mut State,
-        _: usize,
-        _: usize,
-    ) {
-        unreachable!("flash attention is only chosen on x86_64 with AVX-512")
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Wide heads make several key chunks: the online softmax must fold them exactly.
-    #[test]
-    fn chunks_fold_into_the_exact_softmax() {
-        if !applies() {
-            return;
-        }
-        let s = Shape {
-            batch: 1,
-            n: 13,
-            m: 300,
-            heads: 1,
-            d: 512,
-        };
-        let val = crate::kernels::test_values;
-        let (q, k, v) = (val(13 * 512, 1), val(300 * 512, 2), val(300 * 512, 3));
-        let scale = 0.05f32;
-        let mut got = vec![0f32; q.len()];
-        attention(&q, &k, &v, s, scale, &mut got);
-        let mut worst = 0f64;
-        for i in 0..13 {
-            let logits: Vec<f64> = (0..300)
-                .map(|j| {
-                    scale as f64
-                        * (0..512)
-                            .map(|t| q[i * 512 + t] as f64 * k[j * 512 + t] as f64)
-                            .sum::<f64>()
-                })
-                .collect();
-            let max = logits.iter().cloned().fold(f64::MIN, f64::max);
-            let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-            let z: f64 = e.iter().sum();
-            for t in 0..512 {
-                let want: f64 = (0..300).map(|j| e[j] / z * v[j * 512 + t] as f64).sum();
-                worst = worst.max((got[i * 512 + t] as f64 - want).abs());
-            }
-        }
-        assert!(worst < 1e-5, "{worst}");
-    }
-}
+#[path = "flash_tests.rs"]
+mod tests;

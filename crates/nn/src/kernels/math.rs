@@ -4,7 +4,7 @@
 //! `f32::exp` over the range softmax and SiLU use); `erf` is Abramowitz & Stegun 7.1.26
 //! (absolute error under 1.5e-7, below f32 rounding of GELU's output).
 
-/// Run `body` compiled for the widest instruction set this CPU has.
+/// Run `body` compiled for the widest instruction set this CPU has ([`crate::kernels::isa`]).
 macro_rules! dispatch {
     ($body:expr) => {{
         #[cfg(target_arch = "x86_64")]
@@ -17,16 +17,12 @@ macro_rules! dispatch {
             unsafe fn wide256<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            match $crate::kernels::isa() {
                 // SAFETY: the CPU has AVX-512F.
-                unsafe { wide512(|| $body) }
-            } else if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+                $crate::kernels::Isa::Avx512 => unsafe { wide512(|| $body) },
                 // SAFETY: the CPU has AVX2 and FMA.
-                unsafe { wide256(|| $body) }
-            } else {
-                $body
+                $crate::kernels::Isa::Avx2 => unsafe { wide256(|| $body) },
+                $crate::kernels::Isa::Portable => $body,
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

@@ -11,9 +11,13 @@
 //!   per-channel term and a residual.
 //! - [`norm`]: GroupNorm / LayerNorm statistics (f64 sums) as per-channel scale and shift.
 //! - [`math`]: vectorised exp, SiLU, GELU (erf), softmax rows.
+//! - [`direct`], [`winograd`]: stride-1 convolutions without im2col, and 3x3 ones with 2.25x
+//!   fewer multiply-adds, in register tiles.
 //! - [`flash`]: attention without score matrices (online softmax over key chunks in cache,
-//!   register tiles) where the CPU has AVX-512; [`attention`] (query blocks over gemm)
-//!   elsewhere.
+//!   register tiles); [`attention`] (query blocks over gemm) where neither AVX2 nor AVX-512 is.
+//! - `simd`: the tiles' vectors of 16, one AVX-512 register or two AVX2 ones, so each tile is
+//!   written once for both; [`isa`] picks (`TESSERA_ISA=avx2` runs the AVX2 path on a wider
+//!   CPU).
 //! - [`bf16`], [`direct::conv2d_bf16`], [`flash_bf16`]: the bf16 compute path where the CPU has
 //!   AVX512_BF16 (bf16 products, f32 sums; weights packed once when a layer is built).
 //!
@@ -32,6 +36,8 @@ pub mod math;
 pub mod norm;
 pub(crate) mod online_softmax;
 pub mod operand;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 pub mod winograd;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
@@ -182,19 +188,58 @@ impl SharedOut {
     }
 }
 
-/// The instruction sets the kernels dispatch on, as detected on this CPU.
-pub fn cpu_path() -> &'static str {
+/// The instruction sets the kernels dispatch on, widest last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Portable,
+    /// AVX2 with FMA (most laptops' CPUs).
+    Avx2,
+    Avx512,
+}
+
+/// The widest instruction set this CPU has, capped by `TESSERA_ISA=avx2|portable` (never
+/// raised), so the narrower paths can be run and measured on a wider CPU.
+pub fn isa() -> Isa {
+    let isa = cpu_isa();
+    #[cfg(test)]
+    let isa = isa.min(tests::cap());
+    isa
+}
+
+/// [`isa`] without the unit tests' cap: for choices made once per process.
+pub(crate) fn cpu_isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        let cap = match std::env::var("TESSERA_ISA").as_deref() {
+            Ok("avx2") => Isa::Avx2,
+            Ok("portable") => Isa::Portable,
+            _ => Isa::Avx512,
+        };
+        detected().min(cap)
+    })
+}
+
+fn detected() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
-            return "avx512f";
+            return Isa::Avx512;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return "avx2+fma";
+            return Isa::Avx2;
         }
     }
-    "portable"
+    Isa::Portable
+}
+
+/// [`isa`] by name, for reports.
+pub fn cpu_path() -> &'static str {
+    match isa() {
+        Isa::Avx512 => "avx512f",
+        Isa::Avx2 => "avx2+fma",
+        Isa::Portable => "portable",
+    }
 }
 
 /// Seeded values in [-1, 1) for the kernels' tests.
@@ -211,8 +256,48 @@ pub fn threads() -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use super::Isa;
     use candle_core::{Device, Tensor};
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// The cap [`super::isa`] takes in unit tests (the widest: none).
+    static CAP: AtomicU8 = AtomicU8::new(Isa::Avx512 as u8);
+
+    pub(crate) fn cap() -> Isa {
+        match CAP.load(Ordering::Relaxed) {
+            0 => Isa::Portable,
+            1 => Isa::Avx2,
+            _ => Isa::Avx512,
+        }
+    }
+
+    /// Run `f` once per vector instruction set this CPU has (AVX2, then AVX-512), the kernels
+    /// capped to it, so one test run checks every path. Tests running beside it meanwhile
+    /// take the narrower path too: every path gives their results.
+    pub(crate) fn each_isa(f: impl Fn(Isa)) {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        struct Uncap;
+        impl Drop for Uncap {
+            fn drop(&mut self) {
+                CAP.store(Isa::Avx512 as u8, Ordering::Relaxed);
+            }
+        }
+        let _uncap = Uncap;
+        let isas = [Isa::Avx2, Isa::Avx512];
+        let here: Vec<Isa> = isas
+            .into_iter()
+            .filter(|&i| i <= super::cpu_isa())
+            .collect();
+        if here.is_empty() {
+            eprintln!("no AVX2 on this CPU: the vector kernels are not run");
+        }
+        for isa in here {
+            CAP.store(isa as u8, Ordering::Relaxed);
+            f(isa);
+        }
+    }
 
     /// Blocks that do not divide the sides, several batch items: candle's transpose exactly.
     #[test]

@@ -6,57 +6,38 @@ use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::math::exp;
-
-/// `e^(v - shift)` of a row in place, returning the sum: AVX-512 with `vscalefps` for the
-/// power of two (fewer instructions than the portable [`super::math::exp`], same polynomial).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_shifted_512(row: &mut [f32], shift: f32) -> f32 {
-    let c = |v: f32| _mm512_set1_ps(v);
-    let exp = |x: __m512| {
-        let x = _mm512_max_ps(x, c(-87.336_55));
-        let n = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(x, c(std::f32::consts::LOG2_E)));
-        let r = _mm512_fnmadd_ps(n, c(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, c(-2.121_944_4e-4), r);
-        let mut p = c(1.987_569_1e-4);
-        for k in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            5e-1,
-        ] {
-            p = _mm512_fmadd_ps(p, r, c(k));
-        }
-        let p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, c(1.0)));
-        _mm512_scalef_ps(p, n)
-    };
-    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let shift = c(shift);
+use super::simd::F32x16;
+
+/// `e^(v - shift)` of a row in place, returning the sum ([`F32x16::exp`]: on AVX-512 the
+/// power of two is one `vscalefps`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn exp_shifted<S: F32x16>(row: &mut [f32], shift: f32) -> f32 {
+    let (mut s0, mut s1) = (S::zero(), S::zero());
+    let shift = S::splat(shift);
     let ptr = row.as_mut_ptr();
     let n = row.len();
     let mut j = 0;
     while j + 32 <= n {
-        let a = exp(_mm512_sub_ps(_mm512_loadu_ps(ptr.add(j)), shift));
-        let b = exp(_mm512_sub_ps(_mm512_loadu_ps(ptr.add(j + 16)), shift));
-        _mm512_storeu_ps(ptr.add(j), a);
-        _mm512_storeu_ps(ptr.add(j + 16), b);
-        s0 = _mm512_add_ps(s0, a);
-        s1 = _mm512_add_ps(s1, b);
+        let a = S::load(ptr.add(j)).sub(shift).exp();
+        let b = S::load(ptr.add(j + 16)).sub(shift).exp();
+        a.store(ptr.add(j));
+        b.store(ptr.add(j + 16));
+        s0 = s0.add(a);
+        s1 = s1.add(b);
         j += 32;
     }
     while j < n {
         let k = (n - j).min(16);
-        let mask: __mmask16 = if k == 16 { 0xffff } else { (1u16 << k) - 1 };
-        let a = exp(_mm512_sub_ps(
-            _mm512_maskz_loadu_ps(mask, ptr.add(j)),
-            shift,
-        ));
-        _mm512_mask_storeu_ps(ptr.add(j), mask, a);
-        s0 = _mm512_add_ps(s0, _mm512_maskz_mov_ps(mask, a));
+        // Lanes past the row are stored nowhere, and kept out of the sum: the first k lanes
+        // of max(0, a) are a's (every e^x is positive), the others 0.
+        let a = S::load_n(ptr.add(j), k).sub(shift).exp();
+        a.store_n(ptr.add(j), k);
+        s0 = s0.add(S::zero().max_first(a, k));
         j += k;
     }
-    _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
+    s0.add(s1).reduce_add()
 }
 
 /// The largest value of a row (negative infinity for an empty one).
@@ -99,20 +80,30 @@ impl State {
 
     #[cfg(not(target_arch = "x86_64"))]
     pub(crate) unsafe fn fold(&mut self, _: usize, _: &mut [f32], _: f32) {
-        unreachable!("flash attention is only chosen on x86_64 with AVX-512")
+        unreachable!("flash attention is only chosen on x86_64 with AVX2 or AVX-512")
     }
 
-    /// Fold a chunk of row `i`'s scores (whose largest is `chunk_max`) in: they become
-    /// `e^(s - max)`, and what was accumulated is rescaled to the new max.
+    /// [`State::fold_with`] on AVX-512 (the bf16 kernels' path).
     ///
     /// # Safety
     /// AVX-512F.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     pub(crate) unsafe fn fold(&mut self, i: usize, s: &mut [f32], chunk_max: f32) {
+        self.fold_with::<std::arch::x86_64::__m512>(i, s, chunk_max)
+    }
+
+    /// Fold a chunk of row `i`'s scores (whose largest is `chunk_max`) in: they become
+    /// `e^(s - max)`, and what was accumulated is rescaled to the new max.
+    ///
+    /// # Safety
+    /// The instruction set of `S`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(super) unsafe fn fold_with<S: F32x16>(&mut self, i: usize, s: &mut [f32], chunk_max: f32) {
         let new = self.m[i].max(chunk_max);
         let correction = exp(self.m[i] - new);
-        let sum = exp_shifted_512(s, new);
+        let sum = exp_shifted::<S>(s, new);
         self.l[i] = self.l[i] * correction + sum;
         if correction != 1.0 {
             self.o[i * self.dv..(i + 1) * self.dv]

@@ -1,4 +1,5 @@
-//! Winograd F(2x2, 3x3) for stride-1 3x3 convolutions on CPUs with AVX-512: each 2x2 block of
+//! Winograd F(2x2, 3x3) for stride-1 3x3 convolutions on CPUs with AVX2 or AVX-512 (one code,
+//! [`super::simd`]'s vectors of 16): each 2x2 block of
 //! output is made from a 4x4 patch of input with 16 products per channel pair instead of 36, so
 //! the multiply-adds drop 2.25x. The 16 products are 16 independent 1x1 convolutions over the
 //! transformed input, run by the direct kernel's register tile; the transforms are additions.
@@ -15,11 +16,13 @@
 //! the VAE's 3x3 shapes in `tessera bench kernels` against the direct kernel.
 
 #[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
+use super::simd::{Avx2x16, F32x16};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::__m512;
 
 use super::direct::{lay_out, Tile};
 use super::operand::{Geometry, Init, Input};
-use super::SharedOut;
+use super::{Isa, SharedOut};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -39,7 +42,7 @@ pub fn applies(g: &Geometry, wo: usize, cin: usize, cout: usize) -> bool {
             && cin >= 32
             && cout >= 32
             && enabled()
-            && std::arch::is_x86_feature_detected!("avx512f")
+            && super::isa() >= Isa::Avx2
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -131,18 +134,21 @@ pub fn conv2d(
             v.resize(16 * cin * shape.chunk, 0.0);
             m.resize(16 * cout * shape.chunk, 0.0);
             let b0 = (task % chunks) * shape.chunk;
-            // SAFETY: AVX-512F was checked by `applies`; the patch read lies within the padded
+            let args = TaskArgs {
+                patch: &padded[2 * row * cin * wp + 2 * b0..],
+                u: &u,
+                v,
+                m,
+                init,
+                y: 2 * row,
+                x: 2 * b0,
+                out: out_ptr.ptr(),
+            };
+            // SAFETY: `applies` checked AVX2 or wider; the patch read lies within the padded
             // layout (hp x wp); the task writes output rows 2*row, 2*row+1 (those below ho
             // left out), columns 2*b0 .. 2*(b0+chunk) (those past wo left out), which no other
             // task writes.
-            unsafe {
-                shape.input_transform(&padded[2 * row * cin * wp + 2 * b0..], v);
-                for p in 0..16 {
-                    let v = &v[p * cin * shape.chunk..];
-                    shape.product(&u[p * cout * cin..][..cout * cin], v, m, p);
-                }
-                shape.output_transform(m, init, 2 * row, 2 * b0, out_ptr.ptr());
-            }
+            unsafe { shape.task(args) }
         });
     });
 }
@@ -159,37 +165,60 @@ struct Shape {
 
 #[cfg(target_arch = "x86_64")]
 impl Shape {
-    /// `Bᵀ d B` of the 64 blocks' 4x4 patches starting at `src` (row 0 of the patches, column
-    /// 0 of the first block, in the `(hp, cin, wp)` layout), into `v` as `(16, cin, chunk)`.
+    /// One task (see [`conv2d`]) with the widest vectors this CPU runs.
+    unsafe fn task(&self, args: TaskArgs) {
+        match super::isa() {
+            Isa::Avx512 => self.task_avx512(args),
+            _ => self.task_avx2(args),
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
-    unsafe fn input_transform(&self, src: &[f32], v: &mut [f32]) {
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    unsafe fn task_avx512(&self, args: TaskArgs) {
+        self.task_with::<__m512>(args)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn task_avx2(&self, args: TaskArgs) {
+        self.task_with::<Avx2x16>(args)
+    }
+
+    #[inline(always)]
+    unsafe fn task_with<S: F32x16>(&self, a: TaskArgs) {
+        self.input_transform::<S>(a.patch, a.v);
+        for p in 0..16 {
+            let v = &a.v[p * self.cin * self.chunk..];
+            self.product(
+                &a.u[p * self.cout * self.cin..][..self.cout * self.cin],
+                v,
+                a.m,
+                p,
+            );
+        }
+        self.output_transform::<S>(a.m, a.init, a.y, a.x, a.out);
+    }
+
+    /// `Bᵀ d B` of the chunk's 4x4 patches starting at `src` (row 0 of the patches, column
+    /// 0 of the first block, in the `(hp, cin, wp)` layout), into `v` as `(16, cin, chunk)`.
+    #[inline(always)]
+    unsafe fn input_transform<S: F32x16>(&self, src: &[f32], v: &mut [f32]) {
         let row_pitch = self.cin * self.wp;
         let (s, dst) = (src.as_ptr(), v.as_mut_ptr());
         for ci in 0..self.cin {
             for q in 0..self.chunk / 16 {
                 // d[i][j]: patch row i, column j, of 16 blocks (their columns 2 apart).
-                let d: [[__m512; 4]; 4] = std::array::from_fn(|i| {
+                let d: [[S; 4]; 4] = std::array::from_fn(|i| {
                     let p = s.add(i * row_pitch + ci * self.wp + 32 * q);
-                    let (a, b) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
-                    let (c, e) = (_mm512_loadu_ps(p.add(2)), _mm512_loadu_ps(p.add(18)));
-                    [
-                        _mm512_permutex2var_ps(a, even, b),
-                        _mm512_permutex2var_ps(a, odd, b),
-                        _mm512_permutex2var_ps(c, even, e),
-                        _mm512_permutex2var_ps(c, odd, e),
-                    ]
+                    let (c0, c1) = S::deinterleave(S::load(p), S::load(p.add(16)));
+                    let (c2, c3) = S::deinterleave(S::load(p.add(2)), S::load(p.add(18)));
+                    [c0, c1, c2, c3]
                 });
-                let t: [[__m512; 4]; 4] =
-                    std::array::from_fn(|j| bt(std::array::from_fn(|i| d[i][j])));
+                let t: [[S; 4]; 4] = std::array::from_fn(|j| bt(std::array::from_fn(|i| d[i][j])));
                 // t[j][k] is row k, column j of Bᵀ d: now along each row.
-                let v: [[__m512; 4]; 4] =
-                    std::array::from_fn(|k| bt(std::array::from_fn(|j| t[j][k])));
+                let v: [[S; 4]; 4] = std::array::from_fn(|k| bt(std::array::from_fn(|j| t[j][k])));
                 for (k, row) in v.into_iter().enumerate() {
                     for (l, x) in row.into_iter().enumerate() {
-                        let at = ((4 * k + l) * self.cin + ci) * self.chunk + 16 * q;
-                        _mm512_storeu_ps(dst.add(at), x);
+                        x.store(dst.add(((4 * k + l) * self.cin + ci) * self.chunk + 16 * q));
                     }
                 }
             }
@@ -197,7 +226,7 @@ impl Shape {
     }
 
     /// Product `p`: `m[p] = u_p (cout x cin) . v_p (cin x chunk)` with the direct kernel's tile.
-    #[target_feature(enable = "avx512f")]
+    #[inline(always)]
     unsafe fn product(&self, u: &[f32], v: &[f32], m: &mut [f32], p: usize) {
         let dst = m.as_mut_ptr().add(p * self.cout * self.chunk);
         for oc0 in (0..self.cout).step_by(super::direct::OC) {
@@ -213,55 +242,54 @@ impl Shape {
                 wo: self.chunk,
                 ho: 1,
             };
-            match self.chunk / 16 {
-                4 => tile.run::<1, 4>(Init::default(), dst),
-                3 => tile.run::<1, 3>(Init::default(), dst),
-                2 => tile.run::<1, 2>(Init::default(), dst),
-                _ => tile.run::<1, 1>(Init::default(), dst),
-            }
+            tile.run::<1>(self.chunk / 16, Init::default(), dst);
         }
     }
 
     /// `Aᵀ m A` of every block into output rows `y`, `y + 1` from column `x`, plus `init`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn output_transform(&self, m: &[f32], init: Init, y: usize, x: usize, out: *mut f32) {
-        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    #[inline(always)]
+    unsafe fn output_transform<S: F32x16>(
+        &self,
+        m: &[f32],
+        init: Init,
+        y: usize,
+        x: usize,
+        out: *mut f32,
+    ) {
         let plane = self.ho * self.wo;
         let m = m.as_ptr();
         for co in 0..self.cout {
             let constant =
                 init.bias.map_or(0.0, |b| b[co]) + init.per_channel.map_or(0.0, |p| p[co]);
-            let constant = _mm512_set1_ps(constant);
+            let constant = S::splat(constant);
             for q in 0..self.chunk / 16 {
-                let mv: [__m512; 16] = std::array::from_fn(|p| {
-                    _mm512_loadu_ps(m.add((p * self.cout + co) * self.chunk + 16 * q))
+                let mv: [S; 16] = std::array::from_fn(|p| {
+                    S::load(m.add((p * self.cout + co) * self.chunk + 16 * q))
                 });
                 // Aᵀ along each column l (rows k of m), then along the two rows.
-                let cols: [[__m512; 2]; 4] =
+                let cols: [[S; 2]; 4] =
                     std::array::from_fn(|l| at(std::array::from_fn(|k| mv[4 * k + l])));
-                let s: [[__m512; 4]; 2] =
-                    std::array::from_fn(|a| std::array::from_fn(|l| cols[l][a]));
+                let s: [[S; 4]; 2] = std::array::from_fn(|a| std::array::from_fn(|l| cols[l][a]));
                 for (a, srow) in s.iter().enumerate() {
                     let yy = y + a;
                     if yy >= self.ho {
                         break;
                     }
                     let [y0, y1] = at(*srow);
+                    let (first, second) = S::interleave(y0, y1);
                     let x0 = x + 32 * q;
-                    for (half, idx) in [lo, hi].into_iter().enumerate() {
+                    for (half, r) in [first, second].into_iter().enumerate() {
                         let xx = x0 + 16 * half;
                         if xx >= self.wo {
                             break;
                         }
                         let n = 16.min(self.wo - xx);
-                        let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
                         let at = co * plane + yy * self.wo + xx;
-                        let mut r = _mm512_add_ps(_mm512_permutex2var_ps(y0, idx, y1), constant);
+                        let mut r = r.add(constant);
                         if let Some(res) = init.residual {
-                            r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(at)));
+                            r = r.add(S::load_n(res.as_ptr().add(at), n));
                         }
-                        _mm512_mask_storeu_ps(out.add(at), mask, r);
+                        r.store_n(out.add(at), n);
                     }
                 }
             }
@@ -269,37 +297,38 @@ impl Shape {
     }
 }
 
+/// What one task transforms, multiplies and writes.
+struct TaskArgs<'a> {
+    /// The task's patch of the laid-out input.
+    patch: &'a [f32],
+    /// The transformed weights.
+    u: &'a [f32],
+    v: &'a mut [f32],
+    m: &'a mut [f32],
+    init: Init<'a>,
+    /// The output's first row and column.
+    y: usize,
+    x: usize,
+    out: *mut f32,
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 impl Shape {
-    unsafe fn input_transform(&self, _: &[f32], _: &mut [f32]) {
-        unreachable!("Winograd is only chosen on x86_64 with AVX-512")
-    }
-    unsafe fn product(&self, _: &[f32], _: &[f32], _: &mut [f32], _: usize) {
-        unreachable!("Winograd is only chosen on x86_64 with AVX-512")
-    }
-    unsafe fn output_transform(&self, _: &[f32], _: Init, _: usize, _: usize, _: *mut f32) {
-        unreachable!("Winograd is only chosen on x86_64 with AVX-512")
+    unsafe fn task(&self, _: TaskArgs) {
+        unreachable!("Winograd is only chosen on x86_64 with AVX2 or AVX-512")
     }
 }
 
 /// `Bᵀ x` for a column `x` of 4: `x0 - x2, x1 + x2, x2 - x1, x1 - x3`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn bt([x0, x1, x2, x3]: [__m512; 4]) -> [__m512; 4] {
-    [
-        _mm512_sub_ps(x0, x2),
-        _mm512_add_ps(x1, x2),
-        _mm512_sub_ps(x2, x1),
-        _mm512_sub_ps(x1, x3),
-    ]
+unsafe fn bt<S: F32x16>([x0, x1, x2, x3]: [S; 4]) -> [S; 4] {
+    [x0.sub(x2), x1.add(x2), x2.sub(x1), x1.sub(x3)]
 }
 
 /// `Aᵀ x` for a column `x` of 4: `x0 + x1 + x2, x1 - x2 - x3`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn at([x0, x1, x2, x3]: [__m512; 4]) -> [__m512; 2] {
-    [
-        _mm512_add_ps(_mm512_add_ps(x0, x1), x2),
-        _mm512_sub_ps(_mm512_sub_ps(x1, x2), x3),
-    ]
+unsafe fn at<S: F32x16>([x0, x1, x2, x3]: [S; 4]) -> [S; 2] {
+    [x0.add(x1).add(x2), x1.sub(x2).sub(x3)]
 }
