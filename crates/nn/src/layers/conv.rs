@@ -186,6 +186,11 @@ impl Conv2d {
         self.stride
     }
 
+    /// Whether it multiplies in bf16 (its weight packed for the bf16 kernel).
+    pub fn bf16_products(&self) -> bool {
+        matches!(self.weight, Weight::Pairs(_))
+    }
+
     /// The convolution with its own padding.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_fused(x, Fused::default())

@@ -107,6 +107,15 @@ impl Op {
         }
     }
 
+    /// Whether it multiplies in bf16: its values need no more than bf16 between layers.
+    pub fn bf16_products(&self) -> bool {
+        match self {
+            Op::Conv { conv, .. } => conv.bf16_products(),
+            Op::Resnet(r) => r.conv1.bf16_products(),
+            Op::Attention(a) => a.bf16_products() && crate::kernels::bf16::available(),
+        }
+    }
+
     /// Run on a whole image.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {

@@ -2,7 +2,9 @@
 //! budget allows, else in an unlinked temporary file, so a tiled pass holds one band of rows
 //! at a time whatever the image size. Bands are whole rows of channel-major planes: one
 //! contiguous copy, read or write per channel and band, no re-layout.
-//! Values are native-endian f32: the file is private to this process, so no byte conversion.
+//! Values are native-endian f32 (the file is private to this process, so no byte conversion),
+//! or bf16 in a pass whose layers multiply in bf16 anyway (`Scratch::new`'s `bf16`): half the
+//! RAM and half the file traffic, which is most of a 2K bf16 decode's time in 800 MiB.
 //! On a GPU, bands stay in device memory while the budget allows (no round trip to the host).
 
 use crate::runtime::host;
@@ -26,17 +28,21 @@ pub struct Scratch {
     spare: Rc<Cell<Option<Vec<f32>>>>,
     /// Whether a budget limits the stores (`None` given: no).
     limited: bool,
+    /// Stores read only as a convolution's input may keep bf16 values ([`Store::conv_input`]).
+    bf16: bool,
     device: Device,
     dtype: DType,
 }
 
 impl Scratch {
     /// `None`: every store in memory. Bands are read back onto `like`'s device and dtype.
-    pub fn new(ram: Option<u64>, like: &Tensor) -> Self {
+    /// `bf16`: the layers multiply in bf16, so stores read only as their input may be bf16.
+    pub fn new(ram: Option<u64>, like: &Tensor, bf16: bool) -> Self {
         Self {
             left: Rc::new(Cell::new(ram.unwrap_or(u64::MAX))),
             spare: Rc::new(Cell::new(None)),
             limited: ram.is_some(),
+            bf16: bf16 && like.device().is_cpu(),
             device: like.device().clone(),
             dtype: like.dtype(),
         }
@@ -93,9 +99,14 @@ impl Scratch {
 }
 
 enum Place {
-    /// `(c, h, w)` planes: the first `ram.len() / (h * w)` channels in RAM, the rest in the
-    /// file, so a store larger than what is left of the budget still uses all of it.
-    Host { ram: Vec<f32>, file: Option<File> },
+    /// `(c, h, w)` planes of [`Kept`] values: the first `in_ram` channels in RAM (`ram` viewed
+    /// as the values), the rest in the file, so a store larger than what is left of the budget
+    /// still uses all of it.
+    Host {
+        ram: Vec<f32>,
+        in_ram: usize,
+        file: Option<File>,
+    },
     /// Bands as written, each `(first row, (1, C, rows, W))`: on the GPU, or, beyond the
     /// budget of a pass on a GPU, in host RAM as they came off it (one copy each way, no
     /// re-layout: planes were 25x slower, 93 s for a 2048² decode on an H200).
@@ -106,6 +117,8 @@ pub struct Store {
     pub c: usize,
     pub h: usize,
     pub w: usize,
+    /// Host values kept as bf16.
+    bf16: bool,
     place: Place,
     scratch: Scratch,
     held: u64,
@@ -170,21 +183,33 @@ fn no_read_ahead(file: &File) {
 
 impl Store {
     pub fn new(c: usize, h: usize, w: usize, scratch: &Scratch) -> Result<Self> {
+        Self::with_values(c, h, w, scratch, false)
+    }
+
+    /// A store read only as a convolution's input (through its GroupNorm), never added as a
+    /// residual: bf16 where the pass multiplies in bf16 (the convolution rounds its input to
+    /// bf16 anyway), f32 otherwise.
+    pub fn conv_input(c: usize, h: usize, w: usize, scratch: &Scratch) -> Result<Self> {
+        Self::with_values(c, h, w, scratch, scratch.bf16)
+    }
+
+    fn with_values(c: usize, h: usize, w: usize, scratch: &Scratch, bf16: bool) -> Result<Self> {
+        let value_bytes = if bf16 { 2 } else { 4 };
         let (place, held) = match scratch.device.is_cpu() {
             // As many whole channels in RAM as the budget has left, the rest in a file.
             true => {
-                let plane = h * w;
-                let in_ram = c.min((scratch.left.get() / (plane as u64 * 4)) as usize);
-                let held = (in_ram * plane * 4) as u64;
+                let plane_bytes = (h * w * value_bytes) as u64;
+                let in_ram = c.min((scratch.left.get() / plane_bytes) as usize);
+                let held = in_ram as u64 * plane_bytes;
                 scratch.take(held);
                 let ram = match in_ram {
                     0 => Vec::new(),
-                    _ => scratch.ram(in_ram * plane),
+                    _ => scratch.ram((held as usize).div_ceil(4)),
                 };
                 let file = (in_ram < c)
-                    .then(|| scratch_file(((c - in_ram) * plane * 4) as u64))
+                    .then(|| scratch_file((c - in_ram) as u64 * plane_bytes))
                     .transpose()?;
-                (Place::Host { ram, file }, held)
+                (Place::Host { ram, in_ram, file }, held)
             }
             // On a GPU the budget is the device's; what does not fit waits in host RAM (a
             // copy each way per band, far cheaper than a file).
@@ -200,6 +225,7 @@ impl Store {
             c,
             h,
             w,
+            bf16,
             place,
             scratch: scratch.clone(),
             held,
@@ -229,21 +255,9 @@ impl Store {
             }
             // One task per channel, in RAM and in files: a serial copy left the other cores
             // idle (and took the fresh pages' faults on one thread).
-            Place::Host { ram, file } => host_f32(t, |src| {
-                let in_ram = ram.len() / (h * w_);
-                let (to_ram, to_file) = src.split_at(in_ram * rows * w);
-                ram.par_chunks_mut(h * w_)
-                    .zip(to_ram.par_chunks_exact(rows * w))
-                    .for_each(|(dst, plane)| dst[y * w_..][..rows * w].copy_from_slice(plane));
-                let Some(file) = file else { return Ok(()) };
-                to_file
-                    .par_chunks_exact(rows * w)
-                    .enumerate()
-                    .try_for_each(|(ch, plane)| {
-                        let at = ((ch * h + y) * w_ * 4) as u64;
-                        file.write_all_at(bytemuck::cast_slice(plane), at)
-                            .map_err(io)
-                    })
+            Place::Host { ram, in_ram, file } => host_f32(t, |src| match self.bf16 {
+                true => write_host::<u16>(ram, *in_ram, file, (h, w_), y, rows, src),
+                false => write_host::<f32>(ram, *in_ram, file, (h, w_), y, rows, src),
             })?,
         }
         Ok(())
@@ -270,30 +284,105 @@ impl Store {
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&parts, 2)
             }
-            Place::Host { ram, file } => {
-                let h = self.h;
-                let in_ram = ram.len() / (h * w);
-                // `read_exact_at` fills every plane from the file or fails.
+            Place::Host { ram, in_ram, file } => {
+                // `read_host` fills every plane from RAM or the file, or fails.
                 let mut out = crate::kernels::unfilled::<f32>(c * n * w);
-                let (from_ram, from_file) = out.split_at_mut(in_ram * n * w);
-                from_ram
-                    .par_chunks_mut(n * w)
-                    .enumerate()
-                    .for_each(|(ch, o)| {
-                        o.copy_from_slice(&ram[(ch * h + rows.start) * w..][..n * w])
-                    });
-                if let Some(file) = file {
-                    from_file
-                        .par_chunks_exact_mut(n * w)
-                        .enumerate()
-                        .try_for_each(|(ch, plane)| {
-                            let at = ((ch * h + rows.start) * w * 4) as u64;
-                            file.read_exact_at(bytemuck::cast_slice_mut(plane), at)
-                                .map_err(io)
-                        })?;
+                let at = (self.h, w);
+                match self.bf16 {
+                    true => read_host::<u16>(ram, *in_ram, file, at, rows, &mut out)?,
+                    false => read_host::<f32>(ram, *in_ram, file, at, rows, &mut out)?,
                 }
                 Tensor::from_vec(out, (1, c, n, w), &host())
             }
         }
     }
+}
+
+/// A value as a host store keeps it.
+trait Kept: bytemuck::Pod + Send + Sync {
+    /// `src` as kept, into `dst` (as long).
+    fn keep(src: &[f32], dst: &mut [Self]);
+    /// `src` back as f32, into `dst` (as long).
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+impl Kept for f32 {
+    fn keep(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src)
+    }
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src)
+    }
+}
+
+/// bf16 bits, rounded to nearest (ties to even).
+impl Kept for u16 {
+    fn keep(src: &[f32], dst: &mut [u16]) {
+        crate::kernels::bf16::round_into(src, dst)
+    }
+    fn widen(src: &[u16], dst: &mut [f32]) {
+        dst.iter_mut()
+            .zip(src)
+            .for_each(|(d, &b)| *d = f32::from_bits(u32::from(b) << 16));
+    }
+}
+
+/// Rows `y..y + rows` of every channel from `src` (`(c, rows, w)`) into a host store of `(h, w)`
+/// planes whose first `in_ram` channels are `ram`.
+fn write_host<K: Kept>(
+    ram: &mut [f32],
+    in_ram: usize,
+    file: &Option<File>,
+    (h, w): (usize, usize),
+    y: usize,
+    rows: usize,
+    src: &[f32],
+) -> Result<()> {
+    let (n, plane) = (rows * w, h * w);
+    let (to_ram, to_file) = src.split_at(in_ram * n);
+    let ram: &mut [K] = &mut bytemuck::cast_slice_mut(ram)[..in_ram * plane];
+    ram.par_chunks_mut(plane)
+        .zip(to_ram.par_chunks_exact(n))
+        .for_each(|(dst, values)| K::keep(values, &mut dst[y * w..][..n]));
+    let Some(file) = file else { return Ok(()) };
+    to_file
+        .par_chunks_exact(n)
+        .enumerate()
+        .try_for_each(|(ch, values)| {
+            let at = ((ch * h + y) * w * size_of::<K>()) as u64;
+            let mut kept = vec![K::zeroed(); n];
+            K::keep(values, &mut kept);
+            file.write_all_at(bytemuck::cast_slice(&kept), at)
+                .map_err(io)
+        })
+}
+
+/// Rows `rows` of every channel of a host store (see [`write_host`]) into `out` (`(c, n, w)`).
+fn read_host<K: Kept>(
+    ram: &[f32],
+    in_ram: usize,
+    file: &Option<File>,
+    (h, w): (usize, usize),
+    rows: Range<usize>,
+    out: &mut [f32],
+) -> Result<()> {
+    let (n, plane) = (rows.len() * w, h * w);
+    let (from_ram, from_file) = out.split_at_mut(in_ram * n);
+    let ram: &[K] = &bytemuck::cast_slice(ram)[..in_ram * plane];
+    from_ram
+        .par_chunks_mut(n)
+        .zip(ram.par_chunks(plane))
+        .for_each(|(o, kept)| K::widen(&kept[rows.start * w..][..n], o));
+    let Some(file) = file else { return Ok(()) };
+    from_file
+        .par_chunks_exact_mut(n)
+        .enumerate()
+        .try_for_each(|(ch, o)| {
+            let at = ((ch * h + rows.start) * w * size_of::<K>()) as u64;
+            let mut kept = vec![K::zeroed(); n];
+            file.read_exact_at(bytemuck::cast_slice_mut(&mut kept), at)
+                .map_err(io)?;
+            K::widen(&kept, o);
+            Ok(())
+        })
 }

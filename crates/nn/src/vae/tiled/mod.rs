@@ -118,10 +118,21 @@ impl Segment<'_> {
         }
     }
 
-    fn run(&self, input: &Store, t: &Tiling, scratch: &Scratch) -> Result<(Store, GroupStats)> {
+    /// Run into a new store; `conv_input`: one read only by the next convolution
+    /// ([`Store::conv_input`]).
+    fn run(
+        &self,
+        input: &Store,
+        t: &Tiling,
+        scratch: &Scratch,
+        conv_input: bool,
+    ) -> Result<(Store, GroupStats)> {
         let (h, w) = self.out_dims(input.h, input.w);
         let c = self.conv.out_channels();
-        let mut out = Store::new(c, h, w, scratch)?;
+        let mut out = match conv_input {
+            true => Store::conv_input(c, h, w, scratch)?,
+            false => Store::new(c, h, w, scratch)?,
+        };
         let mut stats = GroupStats::new(c);
         self.each_band(input, t, &mut |r0, y| {
             stats.add(&y)?;
@@ -155,14 +166,14 @@ fn resnet(
         kind: Sampling::Same,
         residual: None,
     };
-    let (h, sh) = seg1.run(x, t, scratch)?;
+    let (h, sh) = seg1.run(x, t, scratch, true)?;
     let seg2 = Segment {
         pre: Some(r.norm2.affine_with(&sh, true)),
         conv: &r.conv2,
         kind: Sampling::Same,
         residual: Some((x, r.shortcut.as_ref())),
     };
-    seg2.run(&h, t, scratch)
+    seg2.run(&h, t, scratch, false)
 }
 
 /// Where a band of a pass's output goes: `f(first_row, (1, C, rows, W))`, top to bottom.
@@ -207,9 +218,12 @@ fn run(
         tile_px,
         image: (h << upsamplings, w << upsamplings),
     };
+    // A pass whose layers multiply in bf16 (the bf16 path; the encoder's stride-2 convolutions
+    // widen their bf16 weights) keeps its activations in bf16 between layers; f32 stays exact.
+    let bf16 = ops.iter().any(Op::bf16_products);
     let (mut x, scratch) = match input {
         Input::Whole(t) => {
-            let scratch = Scratch::new(scratch, t);
+            let scratch = Scratch::new(scratch, t, bf16);
             (Store::from_tensor(t, &scratch)?, scratch)
         }
         Input::Rows {
@@ -218,7 +232,7 @@ fn run(
         } => {
             let band = t.rows(h, w);
             let first = rows(0..band.min(h))?;
-            let scratch = Scratch::new(scratch, &first);
+            let scratch = Scratch::new(scratch, &first, bf16);
             let mut store = Store::new(c, h, w, &scratch)?;
             store.write_rows(0, &first)?;
             for r0 in (band..h).step_by(band) {
@@ -235,7 +249,7 @@ fn run(
     for (i, op) in ops.iter().enumerate() {
         scratch.between_layers(|| format!("tiled VAE layer {i}"));
         let (y, sy) = match op {
-            Op::Conv { .. } => conv_segment(op, &sx)?.run(&x, &t, &scratch)?,
+            Op::Conv { .. } => conv_segment(op, &sx)?.run(&x, &t, &scratch, false)?,
             Op::Resnet(r) => resnet(r, &x, stats_of(&sx)?, &t, &scratch)?,
             Op::Attention(a) => attention(a, &x, stats_of(&sx)?, &t, &scratch)?,
         };
