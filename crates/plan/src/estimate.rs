@@ -138,10 +138,12 @@ pub fn estimate(plan: &Plan, m: &MemoryFacts, s: &Settings) -> Estimate {
     let in_ram = |need: u64| s.vae_scratch.map_or(need, |granted| granted.min(need));
     // The tiled VAE's whole-image stores held in RAM (or device memory): what a pass needs at
     // once, within what the planner granted. The largest set: the full-resolution stage's first
-    // resnet, its input (`vae_channels`) and two outputs (`vae_top_channels`) alive together.
+    // resnet, its input (`vae_channels`) and two outputs (`vae_top_channels`) alive together,
+    // the one inside the resnet in bf16 where the VAE multiplies in bf16.
     let stores = |w: usize, h: usize| {
-        let need = ((m.vae_channels + 2 * m.vae_top_channels) * w * h * 4) as u64;
-        in_ram(need)
+        let values =
+            (m.vae_channels + m.vae_top_channels) * 4 + m.vae_top_channels * vae_bytes as usize;
+        in_ram((values * w * h) as u64)
     };
     let image = |w: usize, h: usize| (w * h * 3 * 4) as u64;
     let canvas_latents = (plan.width / 8 * plan.height / 8 * 4 * 4) as u64 * 8;
