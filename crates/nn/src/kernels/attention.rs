@@ -123,38 +123,11 @@ mod tests {
         };
         let (q, k, v) = (val(2 * 37 * c, 1), val(2 * 23 * c, 2), val(2 * 23 * c, 3));
         let scale = 0.5f32;
-        let mut want = vec![0f32; q.len()];
-        for b in 0..2 {
-            for h in 0..3 {
-                for i in 0..37 {
-                    let qi = &q[(b * 37 + i) * c + h * 4..][..4];
-                    let logits: Vec<f64> = (0..23)
-                        .map(|j| {
-                            let kj = &k[(b * 23 + j) * c + h * 4..][..4];
-                            scale as f64
-                                * qi.iter().zip(kj).map(|(a, b)| (a * b) as f64).sum::<f64>()
-                        })
-                        .collect();
-                    let max = logits.iter().cloned().fold(f64::MIN, f64::max);
-                    let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for t in 0..4 {
-                        let o: f64 = (0..23)
-                            .map(|j| e[j] / z * v[(b * 23 + j) * c + h * 4 + t] as f64)
-                            .sum();
-                        want[(b * 37 + i) * c + h * 4 + t] = o as f32;
-                    }
-                }
-            }
-        }
+        let want = crate::kernels::tests::reference_attention(&q, &k, &v, s, scale);
         for budget in [4 * 23 * 5, 1 << 20] {
             let mut got = vec![0f32; q.len()];
             attention(&q, &k, &v, s, scale, budget, &mut got);
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let err = crate::kernels::tests::worst_error(&got, &want);
             assert!(err < 1e-5, "budget {budget}: {err}");
         }
     }

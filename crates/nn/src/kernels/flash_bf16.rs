@@ -276,33 +276,8 @@ mod tests {
             let scale = 0.3f32;
             let mut got = vec![f32::NAN; q.len()];
             attention(&q, &k, &v, s, scale, &mut got);
-            let mut worst = 0f64;
-            for (b, h, i) in
-                (0..2).flat_map(|b| (0..heads).flat_map(move |h| (0..n).map(move |i| (b, h, i))))
-            {
-                let row = |j: usize, len: usize| (b * len + j) * c + h * d;
-                let logits: Vec<f64> = (0..m)
-                    .map(|j| {
-                        let (qi, kj) = (row(i, n), row(j, m));
-                        scale as f64
-                            * (0..d)
-                                .map(|t| q[qi + t] as f64 * k[kj + t] as f64)
-                                .sum::<f64>()
-                    })
-                    .collect();
-                let max = logits.iter().cloned().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for t in 0..d {
-                    let want: f64 = (0..m).map(|j| e[j] / z * v[row(j, m) + t] as f64).sum();
-                    let g = got[row(i, n) + t] as f64;
-                    worst = worst.max(if g.is_nan() {
-                        f64::INFINITY
-                    } else {
-                        (g - want).abs()
-                    });
-                }
-            }
+            let want = crate::kernels::tests::reference_attention(&q, &k, &v, s, scale);
+            let worst = crate::kernels::tests::worst_error(&got, &want);
             assert!(worst < 1.0 / 64.0, "{n}x{m}, {heads}x{d}: {worst}");
             eprintln!("{n}x{m}, {heads}x{d}: largest error {worst:.2e}");
         }

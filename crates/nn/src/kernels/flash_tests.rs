@@ -22,26 +22,10 @@ fn chunks_fold_into_the_exact_softmax() {
             let val = crate::kernels::test_values;
             let (q, k, v) = (val(n * d, 1), val(m * d, 2), val(m * d, 3));
             let scale = 0.05f32;
-            let mut got = vec![0f32; q.len()];
+            let mut got = vec![f32::NAN; q.len()];
             attention(&q, &k, &v, s, scale, &mut got);
-            let mut worst = 0f64;
-            for i in 0..n {
-                let logits: Vec<f64> = (0..m)
-                    .map(|j| {
-                        scale as f64
-                            * (0..d)
-                                .map(|t| q[i * d + t] as f64 * k[j * d + t] as f64)
-                                .sum::<f64>()
-                    })
-                    .collect();
-                let max = logits.iter().cloned().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for t in 0..d {
-                    let want: f64 = (0..m).map(|j| e[j] / z * v[j * d + t] as f64).sum();
-                    worst = worst.max((got[i * d + t] as f64 - want).abs());
-                }
-            }
+            let want = crate::kernels::tests::reference_attention(&q, &k, &v, s, scale);
+            let worst = crate::kernels::tests::worst_error(&got, &want);
             assert!(worst < 1e-5, "{isa:?} {n}x{m}x{d}: {worst}");
         }
     })

@@ -272,6 +272,50 @@ pub(crate) mod tests {
         }
     }
 
+    /// `softmax(scale · q kᵀ) v` per (batch, head) in f64, the definition, for rows
+    /// `(B, N, heads·d)` as [`super::attention::attention`] takes them.
+    pub(crate) fn reference_attention(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        s: super::attention::Shape,
+        scale: f32,
+    ) -> Vec<f64> {
+        let c = s.heads * s.d;
+        let mut out = vec![0f64; s.batch * s.n * c];
+        for (b, h) in (0..s.batch).flat_map(|b| (0..s.heads).map(move |h| (b, h))) {
+            let row = |j: usize, len: usize| (b * len + j) * c + h * s.d;
+            for i in 0..s.n {
+                let logits: Vec<f64> = (0..s.m)
+                    .map(|j| {
+                        let (qi, kj) = (row(i, s.n), row(j, s.m));
+                        let dot: f64 = (0..s.d).map(|t| q[qi + t] as f64 * k[kj + t] as f64).sum();
+                        scale as f64 * dot
+                    })
+                    .collect();
+                let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for t in 0..s.d {
+                    out[row(i, s.n) + t] =
+                        (0..s.m).map(|j| e[j] / z * v[row(j, s.m) + t] as f64).sum();
+                }
+            }
+        }
+        out
+    }
+
+    /// The largest difference of `got` from `want`; infinite where `got` holds a NaN.
+    pub(crate) fn worst_error(got: &[f32], want: &[f64]) -> f64 {
+        got.iter()
+            .zip(want)
+            .map(|(&g, &w)| match g.is_nan() {
+                true => f64::INFINITY,
+                false => (g as f64 - w).abs(),
+            })
+            .fold(0f64, f64::max)
+    }
+
     /// Run `f` once per vector instruction set this CPU has (AVX2, then AVX-512), the kernels
     /// capped to it, so one test run checks every path. Tests running beside it meanwhile
     /// take the narrower path too: every path gives their results.
