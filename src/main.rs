@@ -6,6 +6,10 @@ mod progress;
 
 use clap::Parser;
 
+/// The system allocator, recycling the tiled VAE's band buffers (`tessera::recycle`).
+#[global_allocator]
+static ALLOCATOR: tessera::recycle::Recycler = tessera::recycle::Recycler;
+
 fn main() {
     // Die quietly on a closed pipe (`tessera check ... | head`), as Unix tools do, instead of
     // panicking in println!.

@@ -8,6 +8,7 @@ use crate::layers::{GroupStats, HeldKeys};
 use crate::vae::program::{AttentionBlock, ATTENTION_BUDGET};
 use candle_core::{Result, Tensor};
 use std::ops::Range;
+use tessera_core::recycle::recycling;
 
 /// Every pixel's key and value, held once for the flash kernels: f32, or bf16 where the
 /// block's projections multiply in bf16 (as [`crate::layers::attention::heads`] chooses).
@@ -69,23 +70,27 @@ pub(super) fn attention(
     // Keys and values of every pixel, held once.
     let mut keys = flash.then(|| FlashKeys::new(a, c, h * w, scale));
     let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
-    for r in &bands {
-        let toks = normed_tokens(r)?;
-        let (k, v) = (a.k.forward(&toks)?, a.v.forward(&toks)?);
-        match &mut keys {
-            Some(keys) => kernels::with_f32(&k, |ks| {
-                kernels::with_f32(&v, |vs| {
-                    for (j, (kr, vr)) in ks.chunks(c).zip(vs.chunks(c)).enumerate() {
-                        keys.set(r.start * w + j, kr, vr);
-                    }
-                })
-            })??,
-            None => {
-                all_k.push(k);
-                all_v.push(v);
+    // Bands allocate alike: their buffers are recycled (see `tessera_core::recycle`).
+    recycling(|| -> Result<()> {
+        for r in &bands {
+            let toks = normed_tokens(r)?;
+            let (k, v) = (a.k.forward(&toks)?, a.v.forward(&toks)?);
+            match &mut keys {
+                Some(keys) => kernels::with_f32(&k, |ks| {
+                    kernels::with_f32(&v, |vs| {
+                        for (j, (kr, vr)) in ks.chunks(c).zip(vs.chunks(c)).enumerate() {
+                            keys.set(r.start * w + j, kr, vr);
+                        }
+                    })
+                })??,
+                None => {
+                    all_k.push(k);
+                    all_v.push(v);
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     // (1, 1, tokens, C): one head. Each band list is dropped as soon as it is joined.
     let held = match keys {
         Some(_) => None,
@@ -98,26 +103,29 @@ pub(super) fn attention(
     };
     let mut out = Store::new(c, h, w, scratch)?;
     let mut stats = GroupStats::new(c);
-    for r in &bands {
-        tessera_core::interrupt::check_candle()?;
-        let xb = x.read_rows(r.clone())?;
-        let q = a.q.forward(&tokens(&norm.apply(&xb)?)?)?;
-        let n = q.dim(0)?;
-        let attended = match (&keys, &held) {
-            (Some(keys), _) => kernels::with_f32(&q, |qs| {
-                kernels::new_f32((n, c), |o| keys.attend_all(qs, o))
-            })??,
-            (None, Some(held)) => {
-                let q = q.unsqueeze(0)?.unsqueeze(0)?;
-                let y = held.attend(&q, scale as f64, ATTENTION_BUDGET)?;
-                y.squeeze(0)?.squeeze(0)?.to_dtype(q.dtype())?
-            }
-            (None, None) => unreachable!("keys are held one way or the other"),
-        };
-        let y = a.out.forward(&attended)?;
-        let y = (y.t()?.reshape((1, c, r.len(), w))? + xb)?;
-        stats.add(&y)?;
-        out.write_rows(r.start, &y)?;
-    }
+    recycling(|| -> Result<()> {
+        for r in &bands {
+            tessera_core::interrupt::check_candle()?;
+            let xb = x.read_rows(r.clone())?;
+            let q = a.q.forward(&tokens(&norm.apply(&xb)?)?)?;
+            let n = q.dim(0)?;
+            let attended = match (&keys, &held) {
+                (Some(keys), _) => kernels::with_f32(&q, |qs| {
+                    kernels::new_f32((n, c), |o| keys.attend_all(qs, o))
+                })??,
+                (None, Some(held)) => {
+                    let q = q.unsqueeze(0)?.unsqueeze(0)?;
+                    let y = held.attend(&q, scale as f64, ATTENTION_BUDGET)?;
+                    y.squeeze(0)?.squeeze(0)?.to_dtype(q.dtype())?
+                }
+                (None, None) => unreachable!("keys are held one way or the other"),
+            };
+            let y = a.out.forward(&attended)?;
+            let y = (y.t()?.reshape((1, c, r.len(), w))? + xb)?;
+            stats.add(&y)?;
+            out.write_rows(r.start, &y)?;
+        }
+        Ok(())
+    })?;
     Ok((out, stats))
 }

@@ -19,6 +19,7 @@ use crate::layers::{Affine, Conv2d, Fused, GroupStats, ResnetBlock};
 use attention::attention;
 use candle_core::{Result, Tensor};
 use std::ops::Range;
+use tessera_core::recycle::recycling;
 
 /// Band heights: a band covers the share of its layer that a `tile_px` square covers of the
 /// full-resolution image.
@@ -145,11 +146,14 @@ impl Segment<'_> {
     fn each_band(&self, input: &Store, t: &Tiling, f: &mut BandSink) -> Result<()> {
         let (h, w) = self.out_dims(input.h, input.w);
         let rows = t.rows(h, w);
-        for r0 in (0..h).step_by(rows) {
-            tessera_core::interrupt::check_candle()?;
-            f(r0, self.band(input, r0..(r0 + rows).min(h))?)?;
-        }
-        Ok(())
+        // Every band allocates alike: its buffers are recycled (no store is freed meanwhile).
+        recycling(|| {
+            for r0 in (0..h).step_by(rows) {
+                tessera_core::interrupt::check_candle()?;
+                f(r0, self.band(input, r0..(r0 + rows).min(h))?)?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -295,10 +299,12 @@ fn stats_of(sx: &Option<GroupStats>) -> Result<&GroupStats> {
 
 fn each_stored_band(store: &Store, t: &Tiling, sink: &mut BandSink) -> Result<()> {
     let rows = t.rows(store.h, store.w);
-    for r0 in (0..store.h).step_by(rows) {
-        sink(r0, store.read_rows(r0..(r0 + rows).min(store.h))?)?;
-    }
-    Ok(())
+    recycling(|| {
+        for r0 in (0..store.h).step_by(rows) {
+            sink(r0, store.read_rows(r0..(r0 + rows).min(store.h))?)?;
+        }
+        Ok(())
+    })
 }
 
 /// Collect a pass's bands into one tensor.
