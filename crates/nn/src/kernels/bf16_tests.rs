@@ -166,15 +166,7 @@ fn convolutions_read_their_input_by_index_in_bf16_too() {
     };
     for crop in [(0, 0), (1, 0), (0, 1), (3, 2)] {
         let rows = crop.0..2 * h - crop.1;
-        let mut x = Vec::new();
-        for (c, plane) in a.chunks(h * w).chain(b.chunks(h * w)).enumerate() {
-            for y in rows.clone() {
-                for xx in 0..2 * w {
-                    let v = plane[(y / 2) * w + xx / 2] * scale[c] + shift[c];
-                    x.push(v / (1.0 + (-v).exp()));
-                }
-            }
-        }
+        let x = crate::kernels::tests::upsampled_by_hand(&[&a, &b], (h, w), (&scale, &shift), crop);
         let (want, magnitude) = definition(&x, (c1 + c2, rows.len(), 2 * w), &weight, cout, g);
         let input = Input {
             sources: vec![(&a, c1), (&b, c2)],

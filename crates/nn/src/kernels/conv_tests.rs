@@ -41,7 +41,7 @@ fn reference(
 }
 
 use crate::kernels::test_values as values;
-use crate::kernels::tests::each_isa;
+use crate::kernels::tests::{each_isa, upsampled_by_hand};
 
 /// The convolution of seeded values by `run` (filled with NaN first, so an output left
 /// unwritten shows) and by the definition.
@@ -164,14 +164,7 @@ fn concatenation_upsampling_cropping_and_the_pre_op_read_by_index() {
         for crop in [(0, 0), (1, 0), (0, 1), (1, 1), (3, 2)] {
             // The same input built by hand: concatenated, activated, upsampled, cropped.
             let rows = crop.0..2 * h - crop.1;
-            let mut x = Vec::new();
-            for (c, plane) in a.chunks(h * w).chain(b.chunks(h * w)).enumerate() {
-                for y in rows.clone() {
-                    for xx in 0..2 * w {
-                        x.push(silu(plane[(y / 2) * w + xx / 2] * scale[c] + shift[c]));
-                    }
-                }
-            }
+            let x = upsampled_by_hand(&[&a, &b], (h, w), (&scale, &shift), crop);
             let want = reference(&x, c1 + c2, rows.len(), 2 * w, &weight, &bias, cout, g);
             let input = Input {
                 sources: vec![(&a, c1), (&b, c2)],

@@ -128,15 +128,9 @@ unsafe fn product(
 /// The micro-kernels the `gemm` crate runs here: it detects the CPU itself (`TESSERA_ISA`
 /// does not reach it), and has AVX-512 ones only in a build with the `avx512-gemm` feature.
 pub fn path() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if cfg!(feature = "avx512-gemm") && std::arch::is_x86_feature_detected!("avx512f") {
-            return "avx512";
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return "avx2+fma";
-        }
+    match super::detected() {
+        super::Isa::Avx512 if cfg!(feature = "avx512-gemm") => "avx512",
+        super::Isa::Avx512 | super::Isa::Avx2 => "avx2+fma",
+        super::Isa::Portable => "portable",
     }
-    "portable"
 }

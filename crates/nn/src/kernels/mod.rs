@@ -316,6 +316,28 @@ pub(crate) mod tests {
             .fold(0f64, f64::max)
     }
 
+    /// The input a convolution reads from `sources` (channel planes of `h x w`) with the
+    /// pre-op `x · scale + shift`, SiLU, nearest 2x upsampling and `crop` rows off the
+    /// upsampled top and bottom, built by hand: `(channels, 2h - crop, 2w)`.
+    pub(crate) fn upsampled_by_hand(
+        sources: &[&[f32]],
+        (h, w): (usize, usize),
+        (scale, shift): (&[f32], &[f32]),
+        crop: (usize, usize),
+    ) -> Vec<f32> {
+        let planes = sources.iter().flat_map(|s| s.chunks(h * w));
+        let mut x = Vec::new();
+        for (c, plane) in planes.enumerate() {
+            for y in crop.0..2 * h - crop.1 {
+                for xx in 0..2 * w {
+                    let v = plane[(y / 2) * w + xx / 2] * scale[c] + shift[c];
+                    x.push(v / (1.0 + (-v).exp()));
+                }
+            }
+        }
+        x
+    }
+
     /// Run `f` once per vector instruction set this CPU has (AVX2, then AVX-512), the kernels
     /// capped to it, so one test run checks every path. Tests running beside it meanwhile
     /// take the narrower path too: every path gives their results.
