@@ -8,13 +8,14 @@
 //! every store in files, 500 MiB cgroup: 55.8 -> 49.3 s).
 //! On a GPU, bands stay in device memory while the budget allows (no round trip to the host).
 
+mod planes;
+
 use crate::runtime::host;
 use candle_core::{DType, Device, Result, Tensor};
-use rayon::prelude::*;
+use planes::{read_host, scratch_file, write_host};
 use std::cell::Cell;
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 
 /// The stores of one pass: the bytes that may still stay in memory (RAM, or the GPU's), and
@@ -136,10 +137,6 @@ impl Drop for Store {
     }
 }
 
-fn io(e: std::io::Error) -> candle_core::Error {
-    candle_core::Error::Msg(format!("tiled VAE scratch file: {e}"))
-}
-
 /// `f` of `t`'s values as f32 on the host: read in place where `t` already is a contiguous
 /// host f32 tensor, else from a converted copy.
 fn host_f32(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<()>) -> Result<()> {
@@ -147,39 +144,6 @@ fn host_f32(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<()>) -> Result<()> {
         true => crate::kernels::with_f32(t, f)?,
         false => f(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
     }
-}
-
-fn scratch_file(bytes: u64) -> Result<File> {
-    let dir = std::env::var_os("TESSERA_TMPDIR")
-        .map(Into::into)
-        .unwrap_or_else(std::env::temp_dir);
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!(".tessera-vae-{}-{n}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(io)?;
-    // Unlinked at once: the space is freed when the store is dropped, even on a crash.
-    std::fs::remove_file(&path).map_err(io)?;
-    file.set_len(bytes).map_err(io)?;
-    no_read_ahead(&file);
-    Ok(file)
-}
-
-/// Reads ask for exactly the rows of a band, channel by channel: read-ahead past them only
-/// fills a tight page cache (a memory cgroup) with rows evicted before their band comes.
-fn no_read_ahead(file: &File) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: advice on an open descriptor; it changes no data.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
 }
 
 impl Store {
@@ -297,93 +261,4 @@ impl Store {
             }
         }
     }
-}
-
-/// A value as a host store keeps it.
-trait Kept: bytemuck::Pod + Send + Sync {
-    /// `src` as kept, into `dst` (as long).
-    fn keep(src: &[f32], dst: &mut [Self]);
-    /// `src` back as f32, into `dst` (as long).
-    fn widen(src: &[Self], dst: &mut [f32]);
-}
-
-impl Kept for f32 {
-    fn keep(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src)
-    }
-    fn widen(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src)
-    }
-}
-
-/// bf16 bits, rounded to nearest (ties to even).
-impl Kept for u16 {
-    fn keep(src: &[f32], dst: &mut [u16]) {
-        crate::kernels::bf16::round_into(src, dst)
-    }
-    fn widen(src: &[u16], dst: &mut [f32]) {
-        dst.iter_mut()
-            .zip(src)
-            .for_each(|(d, &b)| *d = f32::from_bits(u32::from(b) << 16));
-    }
-}
-
-/// Rows `y..y + rows` of every channel from `src` (`(c, rows, w)`) into a host store of `(h, w)`
-/// planes whose first `in_ram` channels are `ram`.
-fn write_host<K: Kept>(
-    ram: &mut [f32],
-    in_ram: usize,
-    file: &Option<File>,
-    (h, w): (usize, usize),
-    y: usize,
-    rows: usize,
-    src: &[f32],
-) -> Result<()> {
-    let (n, plane) = (rows * w, h * w);
-    let (to_ram, to_file) = src.split_at(in_ram * n);
-    let ram: &mut [K] = &mut bytemuck::cast_slice_mut(ram)[..in_ram * plane];
-    ram.par_chunks_mut(plane)
-        .zip(to_ram.par_chunks_exact(n))
-        .for_each(|(dst, values)| K::keep(values, &mut dst[y * w..][..n]));
-    let Some(file) = file else { return Ok(()) };
-    to_file
-        .par_chunks_exact(n)
-        .enumerate()
-        .try_for_each(|(ch, values)| {
-            let at = ((ch * h + y) * w * size_of::<K>()) as u64;
-            let mut kept = vec![K::zeroed(); n];
-            K::keep(values, &mut kept);
-            file.write_all_at(bytemuck::cast_slice(&kept), at)
-                .map_err(io)
-        })
-}
-
-/// Rows `rows` of every channel of a host store (see [`write_host`]) into `out` (`(c, n, w)`).
-fn read_host<K: Kept>(
-    ram: &[f32],
-    in_ram: usize,
-    file: &Option<File>,
-    (h, w): (usize, usize),
-    rows: Range<usize>,
-    out: &mut [f32],
-) -> Result<()> {
-    let (n, plane) = (rows.len() * w, h * w);
-    let (from_ram, from_file) = out.split_at_mut(in_ram * n);
-    let ram: &[K] = &bytemuck::cast_slice(ram)[..in_ram * plane];
-    from_ram
-        .par_chunks_mut(n)
-        .zip(ram.par_chunks(plane))
-        .for_each(|(o, kept)| K::widen(&kept[rows.start * w..][..n], o));
-    let Some(file) = file else { return Ok(()) };
-    from_file
-        .par_chunks_exact_mut(n)
-        .enumerate()
-        .try_for_each(|(ch, o)| {
-            let at = ((ch * h + rows.start) * w * size_of::<K>()) as u64;
-            let mut kept = vec![K::zeroed(); n];
-            file.read_exact_at(bytemuck::cast_slice_mut(&mut kept), at)
-                .map_err(io)?;
-            K::widen(&kept, o);
-            Ok(())
-        })
 }
