@@ -12,6 +12,8 @@ fn io(e: std::io::Error) -> candle_core::Error {
     candle_core::Error::Msg(format!("tiled VAE scratch file: {e}"))
 }
 
+/// A file of `bytes` for the channels of a store beyond its RAM, in `TESSERA_TMPDIR` (else the
+/// system's temporary folder).
 pub(super) fn scratch_file(bytes: u64) -> Result<File> {
     let dir = std::env::var_os("TESSERA_TMPDIR")
         .map(Into::into)
