@@ -53,9 +53,13 @@ pub(super) trait Kept: bytemuck::Pod + Send + Sync {
     fn keep(src: &[f32], dst: &mut [Self]);
     /// `src` back as f32, into `dst` (as long).
     fn widen(src: &[Self], dst: &mut [f32]);
+    /// Kept as they are (f32): a file is read into and written from the values themselves,
+    /// with no buffer and copy between.
+    const AS_IS: bool;
 }
 
 impl Kept for f32 {
+    const AS_IS: bool = true;
     fn keep(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src)
     }
@@ -66,6 +70,7 @@ impl Kept for f32 {
 
 /// bf16 bits, rounded to nearest (ties to even).
 impl Kept for u16 {
+    const AS_IS: bool = false;
     fn keep(src: &[f32], dst: &mut [u16]) {
         crate::kernels::bf16::round_into(src, dst)
     }
@@ -99,6 +104,11 @@ pub(super) fn write_host<K: Kept>(
         .enumerate()
         .try_for_each(|(ch, values)| {
             let at = ((ch * h + y) * w * size_of::<K>()) as u64;
+            if K::AS_IS {
+                return file
+                    .write_all_at(bytemuck::cast_slice(values), at)
+                    .map_err(io);
+            }
             let mut kept = vec![K::zeroed(); n];
             K::keep(values, &mut kept);
             file.write_all_at(bytemuck::cast_slice(&kept), at)
@@ -129,6 +139,11 @@ pub(super) fn read_host<K: Kept>(
             .enumerate()
             .try_for_each(|(ch, o)| {
                 let at = ((ch * h + rows.start) * w * size_of::<K>()) as u64;
+                if K::AS_IS {
+                    return file
+                        .read_exact_at(bytemuck::cast_slice_mut(o), at)
+                        .map_err(io);
+                }
                 let mut kept = vec![K::zeroed(); n];
                 file.read_exact_at(bytemuck::cast_slice_mut(&mut kept), at)
                     .map_err(io)?;
